@@ -1,0 +1,1 @@
+"""The HTTP API (Falcon on gunicorn): resources per kind, auth, errors, OpenAPI."""

@@ -1,0 +1,1 @@
+"""The ``threeport`` command: client verbs, operator verbs over NATS, and ``up``."""

@@ -1,0 +1,1 @@
+"""Peewee models, database binding, migrations, the outbox and the store functions."""

@@ -1,0 +1,454 @@
+"""A Dramatiq broker on NATS JetStream.
+
+Each queue is a file-stored work-queue stream with one durable pull consumer
+that every worker process on every host shares. An enqueue returns only
+after the server's PubAck, under a ``Nats-Msg-Id`` unique to that enqueue, so
+a re-publish inside the duplicate window is dropped. Delayed messages
+(``delay=`` and retry backoff) are JetStream message schedules: the server
+moves them onto the queue at their time, so no worker holds them unacked in
+memory. Dead letters go to one limits-retention stream, a subject per queue,
+where they are kept for inspection and replay (:mod:`workers.admin`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import nats.js.errors
+from dramatiq.broker import Broker, Consumer
+from dramatiq.common import current_millis, q_name
+from dramatiq.errors import ConnectionFailed, QueueJoinTimeout, QueueNotFound
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware
+from nats.js import api
+
+from .connection import Connection, translate_error
+from .naming import DURABLE, Names, validate_queue_name
+
+__all__ = ["JetStreamBroker", "QueueStats", "PartialEnqueue", "MSG_ID", "ETA_HEADER"]
+
+MSG_ID = "Nats-Msg-Id"
+#: Set on delayed messages when the server has no message schedules (< 2.12);
+#: consumers then hold such messages back with ``nak(delay)``.
+ETA_HEADER = "Threeport-Eta"
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What one queue holds right now."""
+
+    queue: str
+    #: Messages waiting to be delivered.
+    ready: int
+    #: Messages scheduled for later (delays and retry backoff).
+    delayed: int
+    #: Messages delivered to a worker and not acknowledged yet.
+    in_flight: int
+    #: Messages delivered more than once (after a crash or an expired ack wait).
+    redelivered: int
+    #: Dead letters kept for this queue.
+    dead: int
+    #: Consumer instances (worker processes) currently attached to the queue.
+    consumers: int
+
+
+class PartialEnqueue(ConnectionFailed):
+    """Raised when a bulk enqueue is confirmed for some messages and not others."""
+
+    def __init__(self, enqueued: list[Message], failed: list[tuple[Message, BaseException]]) -> None:
+        super().__init__(f"{len(failed)} of {len(enqueued) + len(failed)} messages were not confirmed")
+        self.enqueued = enqueued
+        self.failed = failed
+
+
+class JetStreamBroker(Broker):
+    """A Dramatiq broker whose queues are NATS JetStream streams.
+
+    Parameters:
+      url: one NATS URL, or several separated by commas.
+      servers: a list of NATS URLs (instead of ``url``).
+      middleware: Dramatiq middleware; the default set when omitted.
+      prefix: namespace for every stream and subject this broker makes.
+      replicas: stream replicas (1 on one machine, 3 in production).
+      ack_wait: seconds a delivered message may go without an ack or a
+        heartbeat before the server redelivers it.
+      max_deliveries: deliveries without an ack (crashes, expired ack
+        waits) after which a message is dead-lettered instead.
+      publish_timeout: seconds an enqueue waits for its PubAck.
+      connect_timeout: seconds to wait for a NATS server on first use.
+      dead_letter_max_age: seconds a dead letter is kept.
+      dead_letter_max_messages: dead letters kept in all, oldest dropped first.
+      confirm_acks: wait for the server to confirm each ack (``ack_sync``)
+        instead of sending it and moving on.
+      max_ack_pending: in-flight messages allowed per queue, across all workers.
+    """
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        servers: Optional[Sequence[str]] = None,
+        middleware: Optional[list[Middleware]] = None,
+        prefix: str = "threeport",
+        replicas: int = 1,
+        ack_wait: float = 30.0,
+        max_deliveries: int = 10,
+        publish_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        dead_letter_max_age: float = 7 * DAY,
+        dead_letter_max_messages: int = 1_000_000,
+        confirm_acks: bool = False,
+        max_ack_pending: int = 20_000,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__(middleware=middleware)
+        if url and servers:
+            raise ValueError("pass either url or servers, not both")
+        if ack_wait < 1:
+            raise ValueError("ack_wait must be at least 1 second")
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+        server_list = list(servers) if servers else [u.strip() for u in (url or "nats://127.0.0.1:4222").split(",")]
+        self.names = Names(prefix)
+        self.connection = Connection(
+            server_list, name=name, connect_timeout=connect_timeout, request_timeout=publish_timeout
+        )
+        self.replicas = replicas
+        self.ack_wait = ack_wait
+        self.max_deliveries = max_deliveries
+        self.publish_timeout = publish_timeout
+        self.dead_letter_max_age = dead_letter_max_age
+        self.dead_letter_max_messages = dead_letter_max_messages
+        self.confirm_acks = confirm_acks
+        self.max_ack_pending = max_ack_pending
+        self.queues: set[str] = set()
+        self._ensured: set[str] = set()
+        self._dead_ensured = False
+        self._schedules: Optional[bool] = None
+
+    # Dramatiq's broker interface --------------------------------------------------
+    @property
+    def consumer_class(self) -> type[Consumer]:
+        from .consumer import JetStreamConsumer
+
+        return JetStreamConsumer
+
+    def declare_queue(self, queue_name: str) -> None:
+        """Declare a queue; its stream is created on first use, not here."""
+        canonical = q_name(queue_name)
+        if canonical not in self.queues:
+            validate_queue_name(canonical)
+            self.emit_before("declare_queue", canonical)
+            self.queues.add(canonical)
+            self.emit_after("declare_queue", canonical)
+
+    def get_declared_queues(self) -> set[str]:
+        return self.queues.copy()
+
+    def get_declared_delay_queues(self) -> set[str]:
+        """Always empty: delays are server-side schedules, so workers need no delay-queue consumers."""
+        return set()
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        if queue_name not in self.queues:
+            raise QueueNotFound(queue_name)
+        return self.consumer_class(self, queue_name, prefetch, timeout)
+
+    def enqueue(self, message: Message, *, delay: Optional[int] = None, msg_id: Optional[str] = None) -> Message:
+        """Publish ``message`` and wait for the server's PubAck.
+
+        Parameters:
+          delay: milliseconds to hold the message back.
+          msg_id: the ``Nats-Msg-Id`` (de-duplication key); a fresh one when omitted.
+
+        Raises:
+          ConnectionFailed: the PubAck did not come within ``publish_timeout``.
+          ConnectionClosed: the connection is closed.
+        """
+        message, delay = self._prepare(message, delay)
+        self.emit_before("enqueue", message, delay)
+        self.connection.run(
+            lambda: self._publish(message, delay, msg_id),
+            doing=f"enqueue on {message.queue_name!r}",
+            timeout=self.connection.connect_timeout + self.publish_timeout + 1,
+        )
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def enqueue_many(
+        self,
+        messages: Sequence[Message],
+        *,
+        delay: Optional[int] = None,
+        msg_ids: Optional[Sequence[str]] = None,
+    ) -> list[Message]:
+        """Publish many messages with pipelined PubAcks and wait for all of them.
+
+        Raises :class:`PartialEnqueue`, naming what was and was not confirmed,
+        when some PubAcks do not come.
+        """
+        if msg_ids is not None and len(msg_ids) != len(messages):
+            raise ValueError("msg_ids must match messages one to one")
+        prepared = [self._prepare(m, delay) for m in messages]
+        for m, d in prepared:
+            self.emit_before("enqueue", m, d)
+        ids = list(msg_ids) if msg_ids is not None else [None] * len(prepared)
+        results = self.connection.run(
+            lambda: self._publish_many(prepared, ids),
+            doing="bulk enqueue",
+            timeout=self.connection.connect_timeout + self.publish_timeout * 2 + len(prepared) / 1000,
+        )
+        enqueued, failed = [], []
+        for (m, d), error in zip(prepared, results):
+            if error is None:
+                self.emit_after("enqueue", m, d)
+                enqueued.append(m)
+            else:
+                failed.append((m, error))
+        if failed:
+            raise PartialEnqueue(enqueued, failed)
+        return enqueued
+
+    def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
+        """(ready, delayed, dead) for ``queue_name``, like the RabbitMQ broker."""
+        stats = self.queue_stats(queue_name)
+        return stats.ready, stats.delayed, stats.dead
+
+    def queue_stats(self, queue_name: str) -> QueueStats:
+        """Everything :class:`QueueStats` counts for one queue."""
+        return self.connection.run(lambda: self._queue_stats(queue_name), doing=f"count {queue_name!r}")
+
+    def flush(self, queue_name: str) -> None:
+        """Drop every message of a queue: ready, delayed, in flight and dead."""
+        self.connection.run(lambda: self._flush(queue_name), doing=f"flush {queue_name!r}")
+
+    def flush_all(self) -> None:
+        for queue_name in self.get_declared_queues():
+            self.flush(queue_name)
+
+    def join(
+        self,
+        queue_name: str,
+        min_successes: int = 10,
+        idle_time: int = 100,
+        *,
+        timeout: Optional[int] = None,
+    ) -> None:
+        """Wait until the queue has nothing ready, delayed or in flight.
+
+        The queue must be seen empty ``min_successes`` times in a row,
+        ``idle_time`` milliseconds apart. Unlike the RabbitMQ broker this
+        also waits for unacknowledged messages.
+
+        Raises:
+          QueueJoinTimeout: when ``timeout`` milliseconds pass first.
+        """
+        deadline = timeout and time.monotonic() + timeout / 1000
+        successes = 0
+        while successes < min_successes:
+            if deadline and time.monotonic() >= deadline:
+                raise QueueJoinTimeout(queue_name)
+            stats = self.queue_stats(queue_name)
+            successes = successes + 1 if stats.ready + stats.delayed + stats.in_flight == 0 else 0
+            time.sleep(idle_time / 1000)
+
+    def close(self) -> None:
+        self.connection.close_sync()
+
+    # Preparing and publishing (loop thread) -------------------------------------------
+    def _prepare(self, message: Message, delay: Optional[int]) -> tuple[Message, Optional[int]]:
+        """Canonicalise the queue, and turn a foreign ``eta`` option into a delay."""
+        queue_name = q_name(message.queue_name)
+        if queue_name not in self.queues:
+            self.declare_queue(queue_name)
+        eta = message.options.get("eta")
+        if eta is not None or queue_name != message.queue_name:
+            options = {k: v for k, v in message.options.items() if k != "eta"}
+            message = Message(
+                queue_name=queue_name,
+                actor_name=message.actor_name,
+                args=message.args,
+                kwargs=message.kwargs,
+                options=options,
+                message_id=message.message_id,
+                message_timestamp=message.message_timestamp,
+            )
+            if delay is None and isinstance(eta, (int, float)):
+                delay = max(0, int(eta - current_millis()))
+        return message, (delay if delay and delay > 0 else None)
+
+    def _publish_args(
+        self, message: Message, delay: Optional[int], msg_id: Optional[str]
+    ) -> tuple[str, bytes, dict[str, str]]:
+        queue_name = message.queue_name
+        headers = {MSG_ID: msg_id or uuid.uuid4().hex}
+        subject = self.names.ready_subject(queue_name)
+        if delay:
+            due = current_millis() + delay
+            if self._schedules:
+                headers["Nats-Schedule"] = "@at " + _rfc3339(due)
+                headers["Nats-Schedule-Target"] = subject
+                subject = self.names.schedule_subject(queue_name, uuid.uuid4().hex)
+            else:
+                headers[ETA_HEADER] = str(due)
+        return subject, message.encode(), headers
+
+    async def _publish(self, message: Message, delay: Optional[int], msg_id: Optional[str]) -> api.PubAck:
+        js = await self.connection.jetstream()
+        await self.ensure_queue(message.queue_name)
+        subject, body, headers = self._publish_args(message, delay, msg_id)
+        return await js.publish(subject, body, timeout=self.publish_timeout, headers=headers)
+
+    async def _publish_many(
+        self, prepared: list[tuple[Message, Optional[int]]], ids: list[Optional[str]]
+    ) -> list[Optional[BaseException]]:
+        js = await self.connection.jetstream()
+        for queue_name in {m.queue_name for m, _ in prepared}:
+            await self.ensure_queue(queue_name)
+        futures = []
+        for (message, delay), msg_id in zip(prepared, ids):
+            subject, body, headers = self._publish_args(message, delay, msg_id)
+            futures.append(await js.publish_async(subject, body, headers=headers))
+        done = await asyncio.wait_for(
+            asyncio.gather(*futures, return_exceptions=True), self.publish_timeout + len(futures) / 1000
+        )
+        return [
+            translate_error(r, "bulk enqueue") if isinstance(r, BaseException) else None for r in done
+        ]
+
+    # Streams and consumers (loop thread) -----------------------------------------------
+    async def ensure_queue(self, queue_name: str) -> None:
+        """Create the queue's stream, its durable consumer and the dead-letter stream if missing."""
+        if queue_name in self._ensured:
+            return
+        nc = await self.connection.client()
+        js = await self.connection.jetstream()
+        if self._schedules is None:
+            version = nc.connected_server_version
+            self._schedules = (version.major, version.minor) >= (2, 12)
+        await _add_or_update_stream(
+            js,
+            api.StreamConfig(
+                name=self.names.stream(queue_name),
+                description=f"threeport queue {queue_name}",
+                subjects=[self.names.ready_subject(queue_name), self.names.schedule_subjects(queue_name)],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=api.StorageType.FILE,
+                num_replicas=self.replicas,
+                allow_msg_schedules=True if self._schedules else None,
+                metadata={"threeport.queue": queue_name},
+            ),
+        )
+        await js.add_consumer(
+            self.names.stream(queue_name),
+            api.ConsumerConfig(
+                durable_name=DURABLE,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                max_deliver=-1,
+                max_ack_pending=self.max_ack_pending,
+                filter_subject=self.names.ready_subject(queue_name),
+                deliver_policy=api.DeliverPolicy.ALL,
+            ),
+        )
+        await self._ensure_side_streams(js)
+        self._ensured.add(queue_name)
+
+    async def _ensure_side_streams(self, js) -> None:
+        if self._dead_ensured:
+            return
+        await _add_or_update_stream(
+            js,
+            api.StreamConfig(
+                name=self.names.dead_stream,
+                description="threeport dead letters, one subject per queue",
+                subjects=[self.names.dead_subjects],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=self.replicas,
+                max_age=self.dead_letter_max_age,
+                max_msgs=self.dead_letter_max_messages,
+            ),
+        )
+        await _add_or_update_stream(
+            js,
+            api.StreamConfig(
+                name=self.names.presence_stream,
+                description="threeport consumer presence, one subject per consumer",
+                subjects=[self.names.presence_subjects],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.MEMORY,
+                num_replicas=self.replicas,
+                max_msgs_per_subject=1,
+                allow_msg_ttl=True,
+                max_age=DAY,
+            ),
+        )
+        self._dead_ensured = True
+
+    async def _queue_stats(self, queue_name: str) -> QueueStats:
+        js = await self.connection.jetstream()
+        try:
+            stream = await js.stream_info(self.names.stream(queue_name))
+            consumer = await js.consumer_info(self.names.stream(queue_name), DURABLE)
+        except nats.js.errors.NotFoundError:
+            return QueueStats(queue_name, 0, 0, 0, 0, await self._count_dead(queue_name), 0)
+        ready = consumer.num_pending or 0
+        in_flight = consumer.num_ack_pending or 0
+        delayed = max(0, (stream.state.messages or 0) - ready - in_flight)
+        return QueueStats(
+            queue=queue_name,
+            ready=ready,
+            delayed=delayed,
+            in_flight=in_flight,
+            redelivered=consumer.num_redelivered or 0,
+            dead=await self._count_dead(queue_name),
+            consumers=await self._count_subjects(self.names.presence_stream, self.names.presence_filter(queue_name)),
+        )
+
+    async def _count_dead(self, queue_name: str) -> int:
+        js = await self.connection.jetstream()
+        try:
+            info = await js.stream_info(self.names.dead_stream, subjects_filter=self.names.dead_subject(queue_name))
+        except nats.js.errors.NotFoundError:
+            return 0
+        return sum((info.state.subjects or {}).values())
+
+    async def _count_subjects(self, stream: str, subjects_filter: str) -> int:
+        js = await self.connection.jetstream()
+        try:
+            info = await js.stream_info(stream, subjects_filter=subjects_filter)
+        except nats.js.errors.NotFoundError:
+            return 0
+        return len(info.state.subjects or {})
+
+    async def _flush(self, queue_name: str) -> None:
+        js = await self.connection.jetstream()
+        try:
+            await js.purge_stream(self.names.stream(queue_name))
+        except nats.js.errors.NotFoundError:
+            pass
+        try:
+            await js.purge_stream(self.names.dead_stream, subject=self.names.dead_subject(queue_name))
+        except nats.js.errors.NotFoundError:
+            pass
+
+
+async def _add_or_update_stream(js, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != 10058:  # stream name already in use with a different configuration
+            raise
+        await js.update_stream(config)
+
+
+def _rfc3339(millis: int) -> str:
+    when = dt.datetime.fromtimestamp(millis / 1000, tz=dt.timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")

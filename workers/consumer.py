@@ -1,0 +1,286 @@
+"""The consumer side of :class:`workers.broker.JetStreamBroker`.
+
+A consumer binds to the queue's durable pull consumer and keeps a small
+buffer filled from a task on the loop thread, so Dramatiq's consumer thread
+only waits on a local queue. The number of messages it holds, buffered or
+being processed, never exceeds ``prefetch``. While it holds a message it
+sends ``in_progress`` heartbeats, so long actors are not redelivered; when it
+dies (SIGKILL) the heartbeats stop and the server redelivers after
+``ack_wait``. A message delivered ``max_deliveries`` times without an ack, or
+one that is not a Dramatiq message, is dead-lettered here, because past
+JetStream's own ``max_deliver`` it would sit in the stream forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import time
+import uuid
+from typing import TYPE_CHECKING, Iterable, Optional
+
+import nats.errors
+import nats.js.errors
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.common import current_millis
+from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+from nats.aio.msg import Msg
+
+from . import dead_letters
+from .dead_letters import Reason
+from .naming import DURABLE
+
+if TYPE_CHECKING:
+    from .broker import JetStreamBroker
+
+__all__ = ["JetStreamConsumer", "JetStreamMessage"]
+
+#: Seconds one pull request waits on the server for messages; closing waits
+#: for the last one to end, so that nothing it brings is left unreturned.
+PULL_WAIT = 1.0
+
+
+class JetStreamMessage(MessageProxy):
+    """A delivered message; ``delivery_count`` counts this delivery too."""
+
+    def __init__(self, message: Message, delivery: Msg) -> None:
+        super().__init__(message)
+        self._delivery = delivery
+        self.seq = delivery.metadata.sequence.stream
+        self.delivery_count = delivery.metadata.num_delivered
+        self.redelivered = self.delivery_count > 1
+
+
+class JetStreamConsumer(Consumer):
+    """Iterates over one queue's messages for one Dramatiq consumer thread."""
+
+    def __init__(self, broker: JetStreamBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.prefetch = max(1, prefetch)
+        self.timeout = timeout / 1000
+        self.id = uuid.uuid4().hex[:16]
+        self.logger = get_logger(__name__, type(self))
+        self._ready: queue.Queue[JetStreamMessage] = queue.Queue()
+        # Loop-thread state: deliveries we hold (buffered or at a worker), by stream sequence.
+        self._held: dict[int, Msg] = {}
+        self._room: Optional[asyncio.Event] = None
+        self._tasks: list[asyncio.Task] = []
+        self._sub = None
+        self._error: Optional[str] = None
+        self._closed = False
+        self._stopping = False
+        self._run(self._start, "start consuming")
+
+    # Dramatiq's consumer interface (consumer and worker threads) ---------------------
+    def __next__(self) -> Optional[JetStreamMessage]:
+        try:
+            return self._ready.get(timeout=self.timeout)
+        except queue.Empty:
+            if self._error:
+                raise ConnectionClosed(self._error) from None
+            return None
+
+    def ack(self, message: JetStreamMessage) -> None:
+        confirm = self.broker.confirm_acks
+
+        async def settle() -> None:
+            delivery = message._delivery
+            await (delivery.ack_sync(timeout=self.broker.publish_timeout) if confirm else delivery.ack())
+            self._release(message.seq)
+
+        self._run(settle, f"ack {message.message_id}")
+
+    def nack(self, message: JetStreamMessage) -> None:
+        """Dead-letter the message with the error that failed it."""
+        error = message._exception
+        reason = f"{type(error).__name__}: {error}" if error is not None else "rejected"
+
+        async def bury() -> None:
+            js = await self.broker.connection.jetstream()
+            await dead_letters.bury(
+                js,
+                self.broker.names,
+                queue=self.queue_name,
+                data=message.encode(),
+                reason=Reason.FAILED,
+                error=reason,
+                delivery=message._delivery,
+                timeout=self.broker.publish_timeout,
+            )
+            self._release(message.seq)
+
+        self._run(bury, f"dead-letter {message.message_id}")
+
+    def requeue(self, messages: Iterable[JetStreamMessage]) -> None:
+        """Hand messages back for immediate redelivery (worker shutdown)."""
+        messages = list(messages)
+        if messages:
+            self._run(lambda: self._hand_back(messages), "requeue")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        unprocessed = []
+        while True:
+            try:
+                unprocessed.append(self._ready.get_nowait())
+            except queue.Empty:
+                break
+        self._run(lambda: self._stop(unprocessed), "close consumer")
+
+    # Loop thread ---------------------------------------------------------------------
+    def _run(self, fn, doing: str) -> None:
+        self.broker.connection.run(fn, doing=f"{doing} on {self.queue_name!r}")
+
+    async def _start(self) -> None:
+        broker = self.broker
+        js = await broker.connection.jetstream()
+        broker._ensured.discard(self.queue_name)  # a restarted consumer re-checks its stream
+        await broker.ensure_queue(self.queue_name)
+        self._sub = await js.pull_subscribe_bind(DURABLE, stream=broker.names.stream(self.queue_name))
+        self._room = asyncio.Event()
+        self._room.set()
+        await self._announce()
+        self._tasks = [asyncio.ensure_future(self._pull()), asyncio.ensure_future(self._heartbeat())]
+
+    def _release(self, seq: int) -> None:
+        self._held.pop(seq, None)
+        if self._room is not None:
+            self._room.set()
+
+    async def _pull(self) -> None:
+        assert self._sub is not None and self._room is not None
+        while not self._stopping:
+            room = self.prefetch - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                deliveries = await self._sub.fetch(room, timeout=PULL_WAIT)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                self._error = "the NATS connection is closed"
+                return
+            except nats.js.errors.APIError as exc:
+                self._error = f"pulling from {self.queue_name!r} failed: {exc}"
+                return
+            for delivery in deliveries:
+                await self._accept(delivery)
+
+    async def _accept(self, delivery: Msg) -> None:
+        broker = self.broker
+        deliveries = delivery.metadata.num_delivered
+        try:
+            if deliveries > broker.max_deliveries:
+                await self._bury(
+                    delivery,
+                    Reason.UNDELIVERABLE,
+                    f"delivered {deliveries} times without an ack (worker crashed or exceeded ack_wait)",
+                )
+                return
+            eta = (delivery.headers or {}).get("Threeport-Eta")
+            if eta is not None and int(eta) > current_millis():
+                await delivery.nak(delay=(int(eta) - current_millis()) / 1000)
+                return
+            try:
+                message = Message.decode(delivery.data)
+            except DecodeError as exc:
+                await self._bury(delivery, Reason.UNDECODABLE, f"cannot decode: {exc}")
+                return
+        except nats.errors.Error:
+            self.logger.warning("Could not settle delivery %s; it will be redelivered.", delivery.reply, exc_info=True)
+            return
+        proxy = JetStreamMessage(message, delivery)
+        self._held[proxy.seq] = delivery
+        self._ready.put(proxy)
+
+    async def _bury(self, delivery: Msg, reason: str, error: str) -> None:
+        self.logger.error("Dead-lettering a message of %r: %s.", self.queue_name, error)
+        js = await self.broker.connection.jetstream()
+        await dead_letters.bury(
+            js,
+            self.broker.names,
+            queue=self.queue_name,
+            data=delivery.data,
+            reason=reason,
+            error=error,
+            delivery=delivery,
+            timeout=self.broker.publish_timeout,
+        )
+
+    async def _heartbeat(self) -> None:
+        """Keep held deliveries from being redelivered, and say we are here."""
+        interval = max(0.5, self.broker.ack_wait / 3)
+        while True:
+            await asyncio.sleep(interval)
+            started = time.monotonic()
+            for delivery in list(self._held.values()):
+                try:
+                    await delivery.in_progress()
+                except nats.errors.Error:
+                    self.logger.debug("in_progress failed for %s", delivery.reply, exc_info=True)
+            try:
+                await self._announce()
+            except Exception:  # presence is informational; never let it stop heartbeats
+                self.logger.debug("Presence update failed.", exc_info=True)
+            if time.monotonic() - started > interval:
+                self.logger.warning("Heartbeats for %d messages took longer than %.1fs.", len(self._held), interval)
+
+    async def _announce(self) -> None:
+        js = await self.broker.connection.jetstream()
+        ttl = math.ceil(max(0.5, self.broker.ack_wait / 3) * 3) + 1
+        await js.publish(
+            self.broker.names.presence_subject(self.queue_name, self.id),
+            b"",
+            timeout=self.broker.publish_timeout,
+            msg_ttl=ttl,
+        )
+
+    async def _hand_back(self, messages: list[JetStreamMessage]) -> None:
+        for message in messages:
+            try:
+                await message._delivery.nak()
+            except nats.errors.MsgAlreadyAckdError:
+                pass
+            self._release(message.seq)
+
+    async def _stop(self, unprocessed: list[JetStreamMessage]) -> None:
+        # Let the pull in progress end by itself (at most PULL_WAIT): a cancelled
+        # pull request stays open on the server and would strand what it brings.
+        self._stopping = True
+        pull, heartbeat = self._tasks or (None, None)
+        if self._room is not None:
+            self._room.set()
+        if heartbeat is not None:
+            heartbeat.cancel()
+        if pull is not None:
+            try:
+                await asyncio.wait_for(pull, PULL_WAIT + 1)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._ready.empty():  # accepted while we were stopping
+            unprocessed.append(self._ready.get_nowait())
+        await self._hand_back(unprocessed)
+        if self._sub is not None:
+            # Deliveries that reached our inbox after the last fetch: hand them back too.
+            pending = self._sub._sub._pending_queue
+            while not pending.empty():
+                delivery = pending.get_nowait()
+                if delivery.reply and delivery.reply.startswith("$JS.ACK"):
+                    await delivery.nak()
+            await self._sub.unsubscribe()
+        nc = await self.broker.connection.client()
+        await nc.flush()
+        js = await self.broker.connection.jetstream()
+        await js.purge_stream(
+            self.broker.names.presence_stream,
+            subject=self.broker.names.presence_subject(self.queue_name, self.id),
+        )

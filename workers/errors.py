@@ -1,0 +1,34 @@
+"""Errors of the workers layer.
+
+Broker failures use Dramatiq's own family (``BrokerConnectionError``,
+``ConnectionFailed``, ``ConnectionClosed``, ``QueueNotFound``) so that
+Dramatiq's consumer threads restart and retry exactly as they do with the
+RabbitMQ and Redis brokers. Everything else raised here derives from
+:class:`WorkersError`.
+"""
+
+__all__ = ["WorkersError", "LockError", "LockHeld", "LockLost", "DeadLetterNotFound", "InvalidName"]
+
+
+class WorkersError(Exception):
+    """Raised when something in the workers layer fails; base of the others."""
+
+
+class InvalidName(WorkersError, ValueError):
+    """Raised when a queue name, prefix or lock key cannot be mapped onto NATS names."""
+
+
+class LockError(WorkersError):
+    """Raised when a lock operation fails for a reason other than contention."""
+
+
+class LockHeld(LockError):
+    """Raised when a lock is held by someone else (only by the blocking forms)."""
+
+
+class LockLost(LockError):
+    """Raised when a lease is renewed after the key stopped being ours."""
+
+
+class DeadLetterNotFound(WorkersError):
+    """Raised when a dead letter asked for by id is not in the dead-letter stream."""

@@ -1,0 +1,230 @@
+"""Per-object locks on a JetStream key-value bucket.
+
+A lock is the key ``<kind>.<object id>`` in one bucket. Acquiring publishes
+the key only if the subject has no message (``Nats-Expected-Last-Subject-
+Sequence: 0``) with a per-message TTL, so a crashed holder's lock frees
+itself. The message's stream sequence is the lease's revision and fencing
+token: renewing is a compare-and-set publish that keeps a TTL (nats-py's
+``kv.update`` would drop it) and moves the revision; releasing deletes
+exactly that message, so a stale holder can neither renew nor release the
+lock of the holder that came after it. Releasing deletes instead of writing
+a tombstone, so the next acquisition is again a single publish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import socket
+import threading
+from typing import Iterator, Optional, Sequence
+
+import nats.js.errors
+from nats.js import api
+
+from .connection import Connection
+from .errors import InvalidName, LockError, LockHeld, LockLost
+
+__all__ = ["LockManager", "Lease"]
+
+KEY = re.compile(r"[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*")
+BUCKET = re.compile(r"[a-zA-Z0-9_-]+")
+WRONG_LAST_SEQUENCE = 10071
+NO_SUCH_MESSAGE = 10057
+
+
+class Lease:
+    """A held lock. ``revision`` grows with every acquisition and renewal of the key."""
+
+    def __init__(self, manager: LockManager, key: str, revision: int, ttl: float) -> None:
+        self.manager = manager
+        self.key = key
+        self.revision = revision
+        self.ttl = ttl
+        self._guard = threading.Lock()
+        self.released = False
+
+    def renew(self, ttl: Optional[float] = None) -> None:
+        """Extend the lease by ``ttl`` seconds (its own TTL by default).
+
+        Raises:
+          LockLost: the key expired or was taken by someone else.
+        """
+        with self._guard:
+            if self.released:
+                raise LockLost(f"lock {self.key!r} was already released")
+            self.ttl = ttl or self.ttl
+            self.revision = self.manager._renew(self.key, self.revision, self.ttl)
+
+    def release(self) -> bool:
+        """Give the lock up if it is still ours; returns whether it was."""
+        with self._guard:
+            if self.released:
+                return False
+            self.released = True
+            return self.manager._release(self.key, self.revision)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.key!r} revision={self.revision}>"
+
+
+class LockManager:
+    """Locks in the bucket ``bucket`` (a JetStream KV bucket).
+
+    Build it from a URL, or on an existing :class:`workers.connection.Connection`
+    (a broker's ``connection``) to share its socket. Thread-safe, and usable
+    from any number of processes and hosts at once.
+    """
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        bucket: str = "locks",
+        connection: Optional[Connection] = None,
+        servers: Optional[Sequence[str]] = None,
+        replicas: int = 1,
+        timeout: float = 5.0,
+    ) -> None:
+        if not BUCKET.fullmatch(bucket):
+            raise InvalidName(f"invalid bucket name {bucket!r}")
+        if connection is None:
+            urls = list(servers) if servers else [u.strip() for u in (url or "nats://127.0.0.1:4222").split(",")]
+            connection = Connection(urls, request_timeout=timeout)
+        self.connection = connection
+        self.bucket = bucket
+        self.replicas = replicas
+        self.timeout = timeout
+        self.holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+        self._stream = f"KV_{bucket}"
+        self._ready = False
+
+    # Public API -------------------------------------------------------------------
+    def acquire(self, key: str, ttl: float = 30.0) -> Optional[Lease]:
+        """Take the lock ``key`` for ``ttl`` seconds; None if someone else holds it."""
+        ttl = _check_ttl(ttl)
+        revision = self._call(lambda: self._acquire(_check_key(key), ttl), f"acquire {key!r}")
+        return Lease(self, key, revision, ttl) if revision is not None else None
+
+    @contextlib.contextmanager
+    def hold(self, key: str, ttl: float = 30.0) -> Iterator[Lease]:
+        """``with locks.hold(key) as lease:`` … released on exit.
+
+        Raises:
+          LockHeld: someone else holds the lock.
+        """
+        lease = self.acquire(key, ttl)
+        if lease is None:
+            raise LockHeld(f"lock {key!r} is held by someone else")
+        with lease:
+            yield lease
+
+    def holder_of(self, key: str) -> Optional[dict]:
+        """Who holds ``key`` (host and pid), or None if nobody does."""
+        return self._call(lambda: self._holder_of(_check_key(key)), f"read {key!r}")
+
+    def close(self) -> None:
+        self.connection.close_sync()
+
+    # Loop thread ------------------------------------------------------------------
+    def _call(self, fn, doing: str):
+        try:
+            return self.connection.run(fn, doing=doing, timeout=self.connection.connect_timeout + self.timeout + 1)
+        except nats.js.errors.APIError as exc:
+            raise LockError(f"{doing}: {exc}") from exc
+
+    def _subject(self, key: str) -> str:
+        return f"$KV.{self.bucket}.{key}"
+
+    async def _js(self):
+        js = await self.connection.jetstream()
+        if not self._ready:
+            config = api.StreamConfig(
+                name=self._stream,
+                subjects=[f"$KV.{self.bucket}.>"],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=self.replicas,
+                max_msgs_per_subject=1,
+                allow_msg_ttl=True,
+                allow_rollup_hdrs=True,
+                allow_direct=True,
+                deny_delete=False,
+                discard=api.DiscardPolicy.NEW,
+                description=f"threeport locks ({self.bucket})",
+            )
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != 10058:  # exists with another configuration: leave it as it is
+                    raise
+            self._ready = True
+        return js
+
+    async def _publish(self, key: str, last: int, ttl: float) -> Optional[int]:
+        js = await self._js()
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last), "Nats-TTL": f"{math.ceil(ttl)}s"}
+        try:
+            ack = await js.publish(self._subject(key), self.holder, timeout=self.timeout, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                return None
+            raise
+        return ack.seq
+
+    async def _acquire(self, key: str, ttl: float) -> Optional[int]:
+        return await self._publish(key, 0, ttl)
+
+    async def _delete(self, key: str, revision: int) -> bool:
+        await self._js()
+        nc = await self.connection.client()
+        request = json.dumps({"seq": revision, "no_erase": True}).encode()
+        reply = await nc.request(f"$JS.API.STREAM.MSG.DELETE.{self._stream}", request, timeout=self.timeout)
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            if answer["error"].get("err_code") == NO_SUCH_MESSAGE:  # expired, or replaced by a newer holder
+                return False
+            raise nats.js.errors.APIError.from_error(answer["error"])
+        return bool(answer.get("success"))
+
+    async def _holder_of(self, key: str) -> Optional[dict]:
+        js = await self._js()
+        try:
+            raw = await js.get_msg(self._stream, subject=self._subject(key), direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return {**json.loads(raw.data or b"{}"), "revision": raw.seq}
+
+    # Called by Lease ---------------------------------------------------------------
+    def _renew(self, key: str, revision: int, ttl: float) -> int:
+        return self._call(lambda: self._renew_async(key, revision, ttl), f"renew {key!r}")
+
+    async def _renew_async(self, key: str, revision: int, ttl: float) -> int:
+        new_revision = await self._publish(key, revision, ttl)
+        if new_revision is None:
+            raise LockLost(f"lock {key!r} expired or was taken by someone else")
+        return new_revision
+
+    def _release(self, key: str, revision: int) -> bool:
+        return self._call(lambda: self._delete(key, revision), f"release {key!r}")
+
+
+def _check_key(key: str) -> str:
+    if not KEY.fullmatch(key):
+        raise InvalidName(f"invalid lock key {key!r}: use letters, digits, '-', '_', '/', '=' and single dots")
+    return key
+
+
+def _check_ttl(ttl: float) -> float:
+    if ttl < 1:
+        raise ValueError("lock TTL must be at least 1 second (JetStream's smallest message TTL)")
+    return ttl
