@@ -57,6 +57,27 @@ def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen, log: Path)
     raise ServerError(f"nats-server did not listen on {port} within {timeout:.0f}s")
 
 
+def _jetstream_ready(url: str) -> bool:
+    """Whether the server at ``url`` answers ``$JS.API.INFO`` without an error."""
+    import asyncio
+    import json
+
+    import nats
+
+    async def probe() -> bool:
+        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False)
+        try:
+            reply = await nc.request("$JS.API.INFO", b"", timeout=1)
+            return "error" not in json.loads(reply.data)
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(probe())
+    except Exception:
+        return False
+
+
 @dataclass
 class NatsServer:
     """One ``nats-server -js`` process on loopback."""
@@ -159,7 +180,20 @@ class NatsCluster:
         ]
         for server in self.servers:
             server.start(timeout)
+        self.wait_for_jetstream(timeout)
         return self
+
+    def wait_for_jetstream(self, timeout: float = 30.0) -> None:
+        """Wait until every server answers JetStream requests (a meta leader is elected)."""
+        deadline = time.monotonic() + timeout
+        for server in self.servers:
+            while not _jetstream_ready(server.url):
+                if time.monotonic() > deadline:
+                    raise ServerError(f"JetStream on {server.name} not ready within {timeout:.0f}s")
+                time.sleep(0.2)
+
+    def server_named(self, name: str) -> NatsServer:
+        return next(s for s in self.servers if s.name == name)
 
     @property
     def urls(self) -> list[str]:

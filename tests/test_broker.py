@@ -79,6 +79,60 @@ def test_delayed_messages_run_in_due_order_and_not_before_their_time(broker, wor
     assert times["late"] - start >= 0.9
 
 
+def test_without_server_schedules_delays_fall_back_to_delayed_redelivery(broker, worker):
+    # Given a broker that treats the server as one without message schedules (< 2.12)
+    broker._schedules = False
+    ran = []
+
+    @dramatiq.actor
+    def record(name):
+        ran.append((name, time.monotonic()))
+
+    # When I send a delayed message and an immediate one
+    start = time.monotonic()
+    record.send_with_options(args=("later",), delay=500)
+    record.send("now")
+
+    # Then the delayed one still runs last and not before its time
+    broker.join(record.queue_name, timeout=10_000)
+    worker.join()
+    assert [name for name, _ in ran] == ["now", "later"]
+    assert dict(ran)["later"] - start >= 0.5
+
+
+def test_a_retry_that_cannot_be_enqueued_is_redelivered_not_lost(broker, worker):
+    # Given an actor that fails on its first attempt
+    attempts = []
+
+    @dramatiq.actor(min_backoff=200, max_backoff=200)
+    def fails_once():
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+
+    # And a queue stream that refuses messages as large as the retry (which carries a traceback)
+    async def limit(js):
+        await broker.ensure_queue(fails_once.queue_name)
+        info = await js.stream_info(broker.names.stream(fails_once.queue_name))
+        info.config.max_msg_size = 512
+        await js.update_stream(info.config)
+
+    nats_call(broker, limit)
+
+    # When the message fails and its retry cannot be enqueued
+    fails_once.send()
+
+    # Then the message is not lost: it is redelivered and its second attempt succeeds
+    deadline = time.monotonic() + 15
+    while len(attempts) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    broker.join(fails_once.queue_name, timeout=10_000)
+    worker.join()
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] >= 0.1  # after the backoff (jittered), not at once
+    assert broker.get_queue_message_counts(fails_once.queue_name) == (0, 0, 0)
+
+
 def test_failing_actors_are_retried_with_backoff(broker, worker):
     # Given an actor that fails twice, then succeeds
     attempts = []

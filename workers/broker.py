@@ -22,20 +22,18 @@ from typing import Optional, Sequence
 import nats.js.errors
 from dramatiq.broker import Broker, Consumer
 from dramatiq.common import current_millis, q_name
-from dramatiq.errors import ConnectionFailed, QueueJoinTimeout, QueueNotFound
+from dramatiq.errors import BrokerError, ConnectionFailed, QueueJoinTimeout, QueueNotFound
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 from nats.js import api
 
 from .connection import Connection, translate_error
+from .consumer import ETA_HEADER, JetStreamConsumer, JetStreamMessage
 from .naming import DURABLE, Names, validate_queue_name
 
 __all__ = ["JetStreamBroker", "QueueStats", "PartialEnqueue", "MSG_ID", "ETA_HEADER"]
 
 MSG_ID = "Nats-Msg-Id"
-#: Set on delayed messages when the server has no message schedules (< 2.12);
-#: consumers then hold such messages back with ``nak(delay)``.
-ETA_HEADER = "Threeport-Eta"
 DAY = 86400.0
 
 
@@ -135,8 +133,6 @@ class JetStreamBroker(Broker):
     # Dramatiq's broker interface --------------------------------------------------
     @property
     def consumer_class(self) -> type[Consumer]:
-        from .consumer import JetStreamConsumer
-
         return JetStreamConsumer
 
     def declare_queue(self, queue_name: str) -> None:
@@ -171,13 +167,22 @@ class JetStreamBroker(Broker):
           ConnectionFailed: the PubAck did not come within ``publish_timeout``.
           ConnectionClosed: the connection is closed.
         """
+        delivered = message
         message, delay = self._prepare(message, delay)
         self.emit_before("enqueue", message, delay)
-        self.connection.run(
-            lambda: self._publish(message, delay, msg_id),
-            doing=f"enqueue on {message.queue_name!r}",
-            timeout=self.connection.connect_timeout + self.publish_timeout + 1,
-        )
+        try:
+            self.connection.run(
+                lambda: self._publish(message, delay, msg_id),
+                doing=f"enqueue on {message.queue_name!r}",
+                timeout=self.connection.connect_timeout + self.publish_timeout + 1,
+            )
+        except BrokerError:
+            # A retry of a message being processed could not be published. Dramatiq
+            # would ack the original and lose it; keep the delivery instead, so
+            # that the ack becomes a delayed redelivery.
+            if isinstance(delivered, JetStreamMessage):
+                delivered.redeliver_after = delay or 0
+            raise
         self.emit_after("enqueue", message, delay)
         return message
 

@@ -17,11 +17,12 @@ from typing import Awaitable, Callable, Optional, Sequence, TypeVar
 import nats
 import nats.errors
 import nats.js.errors
-from dramatiq.errors import BrokerConnectionError, ConnectionClosed, ConnectionFailed
+from dramatiq.errors import BrokerError, ConnectionClosed, ConnectionFailed
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from . import bridge
+from .errors import JetStreamError
 
 T = TypeVar("T")
 
@@ -30,9 +31,9 @@ __all__ = ["Connection", "translate_error"]
 logger = logging.getLogger(__name__)
 
 
-def translate_error(exc: BaseException, doing: str) -> BrokerConnectionError:
+def translate_error(exc: BaseException, doing: str) -> BrokerError:
     """Map a nats-py (or timeout) error onto Dramatiq's connection errors."""
-    if isinstance(exc, BrokerConnectionError):
+    if isinstance(exc, BrokerError):
         return exc
     if isinstance(exc, nats.errors.ConnectionClosedError):
         return ConnectionClosed(f"{doing}: the NATS connection is closed")
@@ -42,6 +43,10 @@ def translate_error(exc: BaseException, doing: str) -> BrokerConnectionError:
         return ConnectionFailed(f"{doing}: JetStream did not answer (stream unavailable or no quorum)")
     if isinstance(exc, nats.errors.NoServersError):
         return ConnectionFailed(f"{doing}: no NATS server reachable")
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return ConnectionFailed(f"{doing}: JetStream unavailable ({exc.description})")
+    if isinstance(exc, nats.js.errors.APIError):
+        return JetStreamError(f"{doing}: {exc.description} (JetStream error {exc.err_code})")
     return ConnectionFailed(f"{doing}: {type(exc).__name__}: {exc}")
 
 
@@ -136,7 +141,7 @@ class Connection:
 
         try:
             return bridge.run(call(), deadline)
-        except BrokerConnectionError:
+        except BrokerError:
             raise
         except (nats.errors.Error, TimeoutError, asyncio.TimeoutError, OSError) as exc:
             raise translate_error(exc, doing) from exc

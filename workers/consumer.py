@@ -41,6 +41,9 @@ __all__ = ["JetStreamConsumer", "JetStreamMessage"]
 #: Seconds one pull request waits on the server for messages; closing waits
 #: for the last one to end, so that nothing it brings is left unreturned.
 PULL_WAIT = 1.0
+#: Set on delayed messages when the server has no message schedules (< 2.12);
+#: consumers then hold such messages back with ``nak(delay)``.
+ETA_HEADER = "Threeport-Eta"
 
 
 class JetStreamMessage(MessageProxy):
@@ -52,6 +55,9 @@ class JetStreamMessage(MessageProxy):
         self.seq = delivery.metadata.sequence.stream
         self.delivery_count = delivery.metadata.num_delivered
         self.redelivered = self.delivery_count > 1
+        #: Milliseconds; set when a retry of this message could not be enqueued,
+        #: turning its ack into a redelivery after that delay.
+        self.redeliver_after: Optional[int] = None
 
 
 class JetStreamConsumer(Consumer):
@@ -89,7 +95,12 @@ class JetStreamConsumer(Consumer):
 
         async def settle() -> None:
             delivery = message._delivery
-            await (delivery.ack_sync(timeout=self.broker.publish_timeout) if confirm else delivery.ack())
+            if message.redeliver_after is not None:
+                await delivery.nak(delay=message.redeliver_after / 1000)
+            elif confirm:
+                await delivery.ack_sync(timeout=self.broker.publish_timeout)
+            else:
+                await delivery.ack()
             self._release(message.seq)
 
         self._run(settle, f"ack {message.message_id}")
@@ -185,7 +196,7 @@ class JetStreamConsumer(Consumer):
                     f"delivered {deliveries} times without an ack (worker crashed or exceeded ack_wait)",
                 )
                 return
-            eta = (delivery.headers or {}).get("Threeport-Eta")
+            eta = (delivery.headers or {}).get(ETA_HEADER)
             if eta is not None and int(eta) > current_millis():
                 await delivery.nak(delay=(int(eta) - current_millis()) / 1000)
                 return

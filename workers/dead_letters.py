@@ -126,7 +126,7 @@ async def read(
 async def replay(js: JetStreamContext, names: Names, letter: DeadLetter, *, timeout: float = 5.0) -> None:
     """Put ``letter`` back on its queue with a fresh retry budget, then delete it."""
     if letter.message is None:
-        raise DecodeError(f"dead letter {letter.seq} is not a Dramatiq message; it cannot be replayed", letter.data, None)
+        raise DecodeError(f"dead letter {letter.seq} is not a Dramatiq message", letter.data, None)
     options = {k: v for k, v in letter.message.options.items() if k not in ("retries", "traceback", "eta")}
     message = dataclasses.replace(letter.message, options=options)
     await js.publish(

@@ -7,11 +7,17 @@ RabbitMQ and Redis brokers. Everything else raised here derives from
 :class:`WorkersError`.
 """
 
-__all__ = ["WorkersError", "LockError", "LockHeld", "LockLost", "DeadLetterNotFound", "InvalidName"]
+from dramatiq.errors import BrokerError
+
+__all__ = ["WorkersError", "JetStreamError", "LockError", "LockHeld", "LockLost", "DeadLetterNotFound", "InvalidName"]
 
 
 class WorkersError(Exception):
     """Raised when something in the workers layer fails; base of the others."""
+
+
+class JetStreamError(WorkersError, BrokerError):
+    """Raised when JetStream refuses a request (bad configuration, limits); the answer is the cause."""
 
 
 class InvalidName(WorkersError, ValueError):

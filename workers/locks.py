@@ -26,7 +26,7 @@ import nats.js.errors
 from nats.js import api
 
 from .connection import Connection
-from .errors import InvalidName, LockError, LockHeld, LockLost
+from .errors import InvalidName, JetStreamError, LockError, LockHeld, LockLost
 
 __all__ = ["LockManager", "Lease"]
 
@@ -139,8 +139,8 @@ class LockManager:
     def _call(self, fn, doing: str):
         try:
             return self.connection.run(fn, doing=doing, timeout=self.connection.connect_timeout + self.timeout + 1)
-        except nats.js.errors.APIError as exc:
-            raise LockError(f"{doing}: {exc}") from exc
+        except JetStreamError as exc:
+            raise LockError(str(exc)) from exc
 
     def _subject(self, key: str) -> str:
         return f"$KV.{self.bucket}.{key}"

@@ -1,0 +1,29 @@
+"""The ``threeport`` command.
+
+Each group of verbs lives in its own module and is mounted here; the
+environment is read only at this edge (``NATS_URL``, ``THREEPORT_PREFIX``,
+``THREEPORT_HOME``).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import queues, up
+
+app = typer.Typer(
+    name="threeport",
+    help="Threeport: a control plane for apps and their infrastructure.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(queues.app, name="queues")
+app.command("up")(up.up)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
