@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from .broker import JetStreamBroker, QueueStats
 from .dead_letters import DeadLetter, purge, read, replay
+from .errors import JetStreamError
 
 __all__ = ["QueueAdmin", "RetryReport"]
 
@@ -75,6 +76,9 @@ class QueueAdmin:
         else:
             chosen = letters
 
+        if not chosen:
+            return report
+
         async def replay_all() -> None:
             js = await self.broker.connection.jetstream()
             await self.broker.ensure_queue(queue)
@@ -100,7 +104,7 @@ class QueueAdmin:
             if "error" in answer:
                 if answer["error"].get("err_code") == 10059:  # no such stream: nothing to purge
                     return 0
-                raise RuntimeError(answer["error"].get("description", "purge failed"))
+                raise JetStreamError(f"purge {queue!r}: {answer['error'].get('description', 'refused')}")
             return int(answer.get("purged", 0))
 
         return self.broker.connection.run(purge_queue, doing=f"purge {queue!r}")

@@ -46,7 +46,8 @@ class QueueStats:
     ready: int
     #: Messages scheduled for later (delays and retry backoff).
     delayed: int
-    #: Messages delivered to a worker and not acknowledged yet.
+    #: Messages delivered to a worker and not acknowledged yet. JetStream also
+    #: counts here messages handed back (``nak``) until they are delivered again.
     in_flight: int
     #: Messages delivered more than once (after a crash or an expired ack wait).
     redelivered: int

@@ -94,6 +94,8 @@ class Connection:
         return self._js
 
     async def _open(self) -> NATS:
+        # The first connection tries each server twice and gives up (a caller
+        # is waiting); once connected, the client reconnects forever.
         nc = NATS()
         try:
             await asyncio.wait_for(
@@ -102,7 +104,7 @@ class Connection:
                     name=self.name,
                     connect_timeout=max(1, int(self.connect_timeout)),
                     reconnect_time_wait=0.5,
-                    max_reconnect_attempts=-1,
+                    max_reconnect_attempts=1,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
@@ -114,6 +116,7 @@ class Connection:
             raise ConnectionFailed(
                 f"cannot connect to NATS at {', '.join(self.servers)} within {self.connect_timeout:.0f}s"
             ) from (exc if isinstance(exc, Exception) else None)
+        nc.options["max_reconnect_attempts"] = -1
         return nc
 
     async def close(self) -> None:
@@ -122,7 +125,8 @@ class Connection:
             await _close_quietly(nc)
 
     async def _on_error(self, exc: Exception) -> None:
-        logger.warning("NATS connection error: %s", exc or type(exc).__name__)
+        level = logging.WARNING if self._nc is not None and self._nc.is_connected else logging.DEBUG
+        logger.log(level, "NATS connection error: %s", exc or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         logger.warning("Disconnected from NATS; reconnecting.")
