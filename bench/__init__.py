@@ -1,0 +1,1 @@
+"""Benchmarks (figures printed, not tests); see bench/README.md."""
