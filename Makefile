@@ -18,6 +18,7 @@ run: $(STAMP)
 	$(BIN)/threeport up
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

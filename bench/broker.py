@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -252,9 +253,7 @@ class RabbitServer:
 
     def start(self, timeout: float = 90.0) -> RabbitServer:
         binary = self.binary()
-        epmd = shutil.which("epmd") or next(
-            (str(p) for p in Path("/usr/lib/erlang").glob("erts-*/bin/epmd")), None
-        )
+        epmd = shutil.which("epmd") or next((str(p) for p in Path("/usr/lib/erlang").glob("erts-*/bin/epmd")), None)
         if binary is None:
             raise ServerError("rabbitmq-server is not installed")
         self.base.mkdir(parents=True, exist_ok=True)
@@ -284,7 +283,10 @@ class RabbitServer:
         with open(self.log_path, "ab") as out:
             if epmd:  # our own epmd on its own port, so no `epmd -daemon` outlives the benchmark
                 self.epmd = subprocess.Popen(
-                    [epmd, "-port", str(epmd_port)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                    [epmd, "-port", str(epmd_port)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
                     start_new_session=True,
                 )
                 _wait_port(epmd_port, 5)
@@ -304,7 +306,9 @@ class RabbitServer:
             if time.monotonic() > deadline:
                 raise ServerError(f"rabbitmq-server did not accept AMQP within {timeout:.0f}s:\n{_tail(self.log_path)}")
             try:
-                pika.BlockingConnection(pika.URLParameters(self.url + "?connection_attempts=1&socket_timeout=2")).close()
+                pika.BlockingConnection(
+                    pika.URLParameters(self.url + "?connection_attempts=1&socket_timeout=2")
+                ).close()
                 return self
             except Exception:
                 time.sleep(0.25)
@@ -341,10 +345,25 @@ class RedisServer:
         log_path = self.base / "redis.log"
         self.proc = subprocess.Popen(
             [
-                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.base),
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(log_path),
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.base),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(log_path),
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             _wait_port(self.port, timeout, self.proc)
@@ -471,7 +490,10 @@ class Target:
 
 def measure(target: Target, n: int, threads: int) -> dict[str, Any]:
     broker, queue = target.broker, target.queue
-    result: dict[str, Any] = {"bulk_mode": "enqueue_many" if target.bulk_native else "sequential enqueue", **target.info}
+    result: dict[str, Any] = {
+        "bulk_mode": "enqueue_many" if target.bulk_native else "sequential enqueue",
+        **target.info,
+    }
     holder: list[Optional[Countdown]] = [None]
 
     def noop() -> None:
@@ -692,7 +714,13 @@ def prepare_peer(key: str, url: Optional[str], disabled: bool, base: Path) -> Pe
 # Report ----------------------------------------------------------------------------------------
 
 GOALS = [
-    ("consume_vs_rabbitmq", "JetStream consume ÷ RabbitMQ consume", ("jetstream", "consume"), ("rabbitmq", "consume"), 1.0),
+    (
+        "consume_vs_rabbitmq",
+        "JetStream consume ÷ RabbitMQ consume",
+        ("jetstream", "consume"),
+        ("rabbitmq", "consume"),
+        1.0,
+    ),
     (
         "confirmed_vs_rabbitmq",
         "JetStream confirmed enqueue ÷ RabbitMQ confirmed enqueue",
@@ -700,10 +728,21 @@ GOALS = [
         ("rabbitmq", "confirmed_enqueue"),
         2.0,
     ),
-    ("bulk_vs_publish_async", "JetStream bulk enqueue ÷ raw publish_async", ("jetstream", "bulk_enqueue"), ("raw", "publish_async"), 0.5),
+    (
+        "bulk_vs_publish_async",
+        "JetStream bulk enqueue ÷ raw publish_async",
+        ("jetstream", "bulk_enqueue"),
+        ("raw", "publish_async"),
+        0.5,
+    ),
 ]
 CONTEXT = [
-    ("confirmed_vs_raw_publish", "JetStream confirmed enqueue ÷ raw js.publish", ("jetstream", "confirmed_enqueue"), ("raw", "publish")),
+    (
+        "confirmed_vs_raw_publish",
+        "JetStream confirmed enqueue ÷ raw js.publish",
+        ("jetstream", "confirmed_enqueue"),
+        ("raw", "publish"),
+    ),
     ("consume_vs_raw_fetch", "JetStream consume ÷ raw fetch(100)+ack", ("jetstream", "consume"), ("raw", "fetch_ack")),
 ]
 
@@ -750,7 +789,9 @@ def render(report: dict[str, Any]) -> str:
         ):
             r = res.get(key, {})
             if "skipped" in r or "error" in r:
-                lines.append(f"{label:<34}  {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']}")
+                lines.append(
+                    f"{label:<34}  {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']}"
+                )
                 continue
             star = key != "jetstream"
             lines.append(
@@ -816,7 +857,7 @@ def run_mode(mode: str, base: Path, peers: list[Peer], args: argparse.Namespace)
             data["results"][peer.key] = {"skipped": peer.skipped}
             continue
         make = rabbitmq_target if peer.key == "rabbitmq" else redis_target
-        data["results"][peer.key] = run_target(lambda: make(peer.url), args.messages, args.threads)
+        data["results"][peer.key] = run_target(functools.partial(make, peer.url), args.messages, args.threads)
         data["results"][peer.key]["origin"] = peer.origin
     data["load_after"] = os.getloadavg()
     data["ratios"] = ratios(data["results"])
@@ -824,11 +865,15 @@ def run_mode(mode: str, base: Path, peers: list[Peer], args: argparse.Namespace)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", "-n", type=int, default=20_000, help="messages per measurement (default 20000)")
     parser.add_argument("--chunk", type=int, default=1_000, help="messages per enqueue_many call (default 1000)")
     parser.add_argument("--threads", type=int, default=8, help="worker threads of the consuming Worker (default 8)")
-    parser.add_argument("--sync", choices=["default", "always", "both"], default="both", help="nats-server sync modes to run")
+    parser.add_argument(
+        "--sync", choices=["default", "always", "both"], default="both", help="nats-server sync modes to run"
+    )
     parser.add_argument("--rabbitmq-url", help="use this RabbitMQ instead of starting one")
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
     parser.add_argument("--no-rabbitmq", action="store_true", help="leave RabbitMQ out")
@@ -865,7 +910,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="threeport-bench-"))
     peers: list[Peer] = []
     try:
-        say(f"threeport broker benchmark: {args.messages:,} messages, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}")
+        say(
+            f"threeport broker benchmark: {args.messages:,} messages, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}"
+        )
         peers = [
             prepare_peer("rabbitmq", args.rabbitmq_url, args.no_rabbitmq, base),
             prepare_peer("redis", args.redis_url, args.no_redis, base),
@@ -881,7 +928,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report["notes"].append(
             "RabbitMQ's join cannot see unacked messages: its consume ends at the last completion plus one count"
         )
-        for mode in (["default", "always"] if args.sync == "both" else [args.sync]):
+        for mode in ["default", "always"] if args.sync == "both" else [args.sync]:
             report["modes"][mode] = run_mode(mode, base, peers, args)
     except ServerError as exc:
         say(f"cannot start nats-server: {exc}")

@@ -9,15 +9,17 @@ loop thread does not survive into the child.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
+import atexit
 import concurrent.futures
 import os
 import threading
-from typing import Any, Coroutine, Optional, TypeVar
+from typing import Any, Callable, Coroutine, Optional, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["EventLoopThread", "get_loop", "run"]
+__all__ = ["EventLoopThread", "get_loop", "run", "drive"]
 
 
 class EventLoopThread:
@@ -37,19 +39,43 @@ class EventLoopThread:
         """Schedule ``coro`` on the loop and return a thread-safe future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: Optional[float] = None) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], timeout: Optional[float] = None, *, eager: bool = False) -> T:
         """Run ``coro`` on the loop and wait up to ``timeout`` seconds for its result.
 
-        Raises :class:`TimeoutError` (and cancels the coroutine) when the deadline passes.
+        With ``eager`` the coroutine is stepped directly by :func:`drive` instead
+        of a Task: about twice as fast for short calls, for coroutines that need
+        no current task and no cancellation. Raises :class:`TimeoutError` (and
+        cancels the coroutine's task, when it has one) when the deadline passes.
         """
         if threading.current_thread() is self._thread:
             raise RuntimeError("run() called from the loop thread itself; await the coroutine instead")
-        future = self.submit(coro)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"no answer within {timeout:.1f}s") from None
+        start = (lambda: drive(coro)) if eager else (lambda: self.loop.create_task(coro))
+        return self.call(start, timeout)
+
+    def call(self, start: Callable[[], "asyncio.Future[T]"], timeout: Optional[float] = None) -> T:
+        """Run ``start()`` on the loop thread and wait for the future it returns.
+
+        A plain lock and ``call_soon_threadsafe`` cost a third less per call
+        than ``run_coroutine_threadsafe`` and its chained futures.
+        """
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        holder: list[asyncio.Future[T]] = []
+
+        def begin() -> None:
+            try:
+                future = start()
+            except BaseException as exc:  # hand any failure to the waiting thread
+                future = self.loop.create_future()
+                future.set_exception(exc)
+            holder.append(future)
+            future.add_done_callback(lambda _: waiter.release())
+
+        self.loop.call_soon_threadsafe(begin)
+        if not waiter.acquire(True, -1 if timeout is None else timeout):
+            self.loop.call_soon_threadsafe(lambda: holder and holder[0].cancel())
+            raise TimeoutError(f"no answer within {timeout:.1f}s")
+        return holder[0].result()
 
     def in_loop(self) -> bool:
         return threading.current_thread() is self._thread
@@ -57,6 +83,30 @@ class EventLoopThread:
 
 _lock = threading.Lock()
 _current: Optional[EventLoopThread] = None
+
+
+@atexit.register
+def _shutdown() -> None:
+    """Cancel what still runs on the loop (subscriptions, heartbeats) before the interpreter goes."""
+    current = _current
+    if current is None or current.pid != os.getpid() or not current.loop.is_running():
+        return
+
+    async def cancel_all() -> None:
+        me = asyncio.current_task()
+        for _ in range(5):  # cancelling a task may start others (a client closing down)
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            if not tasks:
+                return
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        current.run(cancel_all(), 2.0)
+    except Exception:
+        pass
+    current.loop.call_soon_threadsafe(current.loop.stop)
 
 
 def get_loop() -> EventLoopThread:
@@ -71,6 +121,46 @@ def get_loop() -> EventLoopThread:
         return _current
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: Optional[float] = None) -> T:
+def run(coro: Coroutine[Any, Any, T], timeout: Optional[float] = None, *, eager: bool = False) -> T:
     """Run ``coro`` on the process's loop thread; see :meth:`EventLoopThread.run`."""
-    return get_loop().run(coro, timeout)
+    return get_loop().run(coro, timeout, eager=eager)
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> "asyncio.Future[T]":
+    """Step ``coro`` on the calling (loop) thread at once, without a Task.
+
+    It runs until its first real wait right here; each future it waits on
+    resumes it from that future's callback. No current task is set and the
+    returned future cannot cancel it, so use it only for short coroutines
+    that bound their own waits (``asyncio.wait_for``).
+    """
+    loop = asyncio.get_running_loop() if _in_running_loop() else get_loop().loop
+    result: asyncio.Future[T] = loop.create_future()
+
+    def step(_: object = None) -> None:
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration as done:
+            if not result.done():
+                result.set_result(done.value)
+            return
+        except BaseException as exc:
+            if not result.done():
+                result.set_exception(exc)
+            return
+        if waiting_on is None:  # a bare yield (asyncio.sleep(0)): resume on the next loop pass
+            loop.call_soon(step)
+        else:  # an asyncio future: resume when it is done, as a Task would
+            waiting_on._asyncio_future_blocking = False
+            waiting_on.add_done_callback(step)
+
+    step()
+    return result
+
+
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -176,6 +176,7 @@ class JetStreamBroker(Broker):
                 lambda: self._publish(message, delay, msg_id),
                 doing=f"enqueue on {message.queue_name!r}",
                 timeout=self.connection.connect_timeout + self.publish_timeout + 1,
+                eager=True,
             )
         except BrokerError:
             # A retry of a message being processed could not be published. Dramatiq
@@ -306,6 +307,7 @@ class JetStreamBroker(Broker):
         return subject, message.encode(), headers
 
     async def _publish(self, message: Message, delay: Optional[int], msg_id: Optional[str]) -> api.PubAck:
+        # Run eagerly (no Task): the only waits, the PubAck and the first connection, are bounded.
         js = await self.connection.jetstream()
         await self.ensure_queue(message.queue_name)
         subject, body, headers = self._publish_args(message, delay, msg_id)

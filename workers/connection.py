@@ -71,6 +71,7 @@ class Connection:
         self._js: Optional[JetStreamContext] = None
         self._pid = os.getpid()
         self._opening: Optional[asyncio.Lock] = None
+        self._closing = False
 
     # Used from the loop thread -------------------------------------------------
     async def client(self) -> NATS:
@@ -122,29 +123,42 @@ class Connection:
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
+            self._closing = True
+            try:
+                if nc.is_connected:  # send what is buffered (acks) before leaving
+                    await asyncio.wait_for(nc.flush(), 2.0)
+            except Exception:
+                pass
             await _close_quietly(nc)
+            self._closing = False
 
     async def _on_error(self, exc: Exception) -> None:
         level = logging.WARNING if self._nc is not None and self._nc.is_connected else logging.DEBUG
         logger.log(level, "NATS connection error: %s", exc or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
-        logger.warning("Disconnected from NATS; reconnecting.")
+        if not self._closing:
+            logger.warning("Disconnected from NATS; reconnecting.")
 
     async def _on_reconnected(self) -> None:
         nc = self._nc
         logger.info("Reconnected to NATS at %s.", nc.connected_url.netloc if nc and nc.connected_url else "?")
 
     # Used from any other thread --------------------------------------------------
-    def run(self, fn: Callable[[], Awaitable[T]], *, doing: str, timeout: Optional[float] = None) -> T:
-        """Run ``fn()`` on the loop thread, translating failures into connection errors."""
+    def run(
+        self, fn: Callable[[], Awaitable[T]], *, doing: str, timeout: Optional[float] = None, eager: bool = False
+    ) -> T:
+        """Run ``fn()`` on the loop thread, translating failures into connection errors.
+
+        ``eager`` steps the coroutine without a Task (see :func:`workers.bridge.drive`).
+        """
         deadline = timeout if timeout is not None else self.connect_timeout + self.request_timeout
 
         async def call() -> T:
             return await fn()
 
         try:
-            return bridge.run(call(), deadline)
+            return bridge.run(call(), deadline, eager=eager)
         except BrokerError:
             raise
         except (nats.errors.Error, TimeoutError, asyncio.TimeoutError, OSError) as exc:

@@ -14,8 +14,10 @@ JetStream's own ``max_deliver`` it would sit in the stream forever.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import queue
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Iterable, Optional
@@ -29,7 +31,7 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 from nats.aio.msg import Msg
 
-from . import dead_letters
+from . import bridge, dead_letters
 from .dead_letters import Reason
 from .naming import DURABLE
 
@@ -79,6 +81,10 @@ class JetStreamConsumer(Consumer):
         self._error: Optional[str] = None
         self._closed = False
         self._stopping = False
+        # Acks queued by worker threads, sent by the loop thread in batches.
+        self._settling: collections.deque[JetStreamMessage] = collections.deque()
+        self._settling_lock = threading.Lock()
+        self._drain_scheduled = False
         self._run(self._start, "start consuming")
 
     # Dramatiq's consumer interface (consumer and worker threads) ---------------------
@@ -91,19 +97,25 @@ class JetStreamConsumer(Consumer):
             return None
 
     def ack(self, message: JetStreamMessage) -> None:
-        confirm = self.broker.confirm_acks
+        """Acknowledge; sent in the background unless the broker confirms acks.
 
-        async def settle() -> None:
-            delivery = message._delivery
-            if message.redeliver_after is not None:
-                await delivery.nak(delay=message.redeliver_after / 1000)
-            elif confirm:
-                await delivery.ack_sync(timeout=self.broker.publish_timeout)
-            else:
-                await delivery.ack()
-            self._release(message.seq)
+        A fire-and-forget ack that never reaches the server only means a
+        redelivery after ``ack_wait``, which every actor must tolerate anyway;
+        not waiting for the loop thread nearly doubles the consume rate.
+        """
+        if self.broker.confirm_acks:
 
-        self._run(settle, f"ack {message.message_id}")
+            async def settle() -> None:
+                await self._settle(message, confirm=True)
+
+            self._run(settle, f"ack {message.message_id}")
+            return
+        self._settling.append(message)
+        with self._settling_lock:
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        bridge.get_loop().loop.call_soon_threadsafe(self._drain_settling)
 
     def nack(self, message: JetStreamMessage) -> None:
         """Dead-letter the message with the error that failed it."""
@@ -148,6 +160,30 @@ class JetStreamConsumer(Consumer):
     def _run(self, fn, doing: str) -> None:
         self.broker.connection.run(fn, doing=f"{doing} on {self.queue_name!r}")
 
+    def _drain_settling(self) -> None:
+        """Send every queued ack in one loop pass (many acks, one wake-up)."""
+        with self._settling_lock:
+            self._drain_scheduled = False
+        while self._settling:
+            message = self._settling.popleft()
+            bridge.drive(self._settle(message, confirm=False)).add_done_callback(self._log_settle_failure)
+
+    async def _settle(self, message: JetStreamMessage, *, confirm: bool) -> None:
+        delivery = message._delivery
+        try:
+            if message.redeliver_after is not None:
+                await delivery.nak(delay=message.redeliver_after / 1000)
+            elif confirm:
+                await delivery.ack_sync(timeout=self.broker.publish_timeout)
+            else:
+                await delivery.ack()
+        finally:
+            self._release(message.seq)
+
+    def _log_settle_failure(self, outcome: asyncio.Future) -> None:
+        if not outcome.cancelled() and outcome.exception() is not None:
+            self.logger.warning("An ack was not sent (%s); the message will be redelivered.", outcome.exception())
+
     async def _start(self) -> None:
         broker = self.broker
         js = await broker.connection.jetstream()
@@ -166,9 +202,11 @@ class JetStreamConsumer(Consumer):
 
     async def _pull(self) -> None:
         assert self._sub is not None and self._room is not None
+        # Pull again only once a quarter of the prefetch is free: fewer, larger pulls.
+        low_water = max(1, self.prefetch // 4)
         while not self._stopping:
             room = self.prefetch - len(self._held)
-            if room <= 0:
+            if room < low_water:
                 self._room.clear()
                 await self._room.wait()
                 continue
