@@ -140,12 +140,19 @@ def drive(coro: Coroutine[Any, Any, T]) -> "asyncio.Future[T]":
     """Step ``coro`` on the calling (loop) thread at once, without a Task.
 
     It runs until its first real wait right here; each future it waits on
-    resumes it from that future's callback. No current task is set and the
-    returned future cannot cancel it, so use it only for short coroutines
-    that bound their own waits (``asyncio.wait_for``).
+    resumes it from that future's callback; cancelling the returned future
+    cancels the future it waits on. No current task is set, so use it only for
+    short coroutines that need none (no ``asyncio.timeout``, no TaskGroup).
     """
     loop = asyncio.get_running_loop() if _in_running_loop() else get_loop().loop
     result: asyncio.Future[T] = loop.create_future()
+    waiting: list[Optional[asyncio.Future]] = [None]
+
+    def cancel_wait(_: object) -> None:  # cancelling the result cancels what the coroutine waits on
+        if result.cancelled() and waiting[0] is not None:
+            waiting[0].cancel()
+
+    result.add_done_callback(cancel_wait)
 
     def step(_: object = None) -> None:
         try:
@@ -159,9 +166,11 @@ def drive(coro: Coroutine[Any, Any, T]) -> "asyncio.Future[T]":
                 result.set_exception(exc)
             return
         if waiting_on is None:  # a bare yield (asyncio.sleep(0)): resume on the next loop pass
+            waiting[0] = None
             loop.call_soon(step)
         else:  # an asyncio future: resume when it is done, as a Task would
             waiting_on._asyncio_future_blocking = False
+            waiting[0] = waiting_on
             waiting_on.add_done_callback(step)
 
     step()

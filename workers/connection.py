@@ -73,6 +73,12 @@ class Connection:
         self._opening: Optional[asyncio.Lock] = None
         self._closing = False
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the client is connected now (read from any thread; a hint, not a promise)."""
+        nc = self._nc
+        return nc is not None and nc.is_connected and self._pid == os.getpid()
+
     # Used from the loop thread -------------------------------------------------
     async def client(self) -> NATS:
         """The open client (in-loop); opens it on first use."""
