@@ -104,11 +104,7 @@ class JetStreamConsumer(Consumer):
         not waiting for the loop thread nearly doubles the consume rate.
         """
         if self.broker.confirm_acks:
-
-            async def settle() -> None:
-                await self._settle(message, confirm=True)
-
-            self._run(settle, f"ack {message.message_id}")
+            self._run(lambda: self._settle(message, confirm=True), f"ack {message.message_id}")
             return
         self._settling.append(message)
         with self._settling_lock:
