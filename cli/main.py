@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from . import queues, up
+from . import api, queues, up
 
 app = typer.Typer(
     name="threeport",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(queues.app, name="queues")
 app.command("up")(up.up)
+app.command("api")(api.serve)
 
 
 def main() -> None:

@@ -93,3 +93,6 @@ def nats_call(broker: JetStreamBroker, fn):
         return await fn(await broker.connection.jetstream())
 
     return bridge.run(call(), 10)
+
+
+from .postgres import database, empty_database_url, postgres_server  # noqa: E402, F401

@@ -34,7 +34,11 @@ def start_worker(nats_server, prefix):
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # stuck in an actor: do not leave it behind
+                proc.kill()
+                proc.wait()
 
 
 def declare_record(queue: str):

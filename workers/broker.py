@@ -64,10 +64,14 @@ class QueueStats:
 class PartialEnqueue(ConnectionFailed):
     """Raised when a bulk enqueue is confirmed for some messages and not others."""
 
-    def __init__(self, enqueued: list[Message], failed: list[tuple[Message, BaseException]]) -> None:
+    def __init__(
+        self, enqueued: list[Message], failed: list[tuple[Message, BaseException]], failed_indexes: set[int]
+    ) -> None:
         super().__init__(f"{len(failed)} of {len(enqueued) + len(failed)} messages were not confirmed")
         self.enqueued = enqueued
         self.failed = failed
+        #: Positions, in the list given to ``enqueue_many``, of the messages not confirmed.
+        self.failed_indexes = failed_indexes
 
 
 class JetStreamBroker(Broker):
@@ -215,15 +219,16 @@ class JetStreamBroker(Broker):
             doing="bulk enqueue",
             timeout=self.connection.connect_timeout + self.publish_timeout * 2 + len(prepared) / 1000,
         )
-        enqueued, failed = [], []
-        for (m, d), error in zip(prepared, results):
+        enqueued, failed, failed_indexes = [], [], set()
+        for index, ((m, d), error) in enumerate(zip(prepared, results)):
             if error is None:
                 self.emit_after("enqueue", m, d)
                 enqueued.append(m)
             else:
                 failed.append((m, error))
+                failed_indexes.add(index)
         if failed:
-            raise PartialEnqueue(enqueued, failed)
+            raise PartialEnqueue(enqueued, failed, failed_indexes)
         return enqueued
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:

@@ -33,9 +33,13 @@ def main() -> None:
 
     @dramatiq.actor(actor_name="record", queue_name=queue, max_retries=0)
     def record(n, hang_marker=None):
-        log(logfile, f"start {os.getpid()} {n}")
-        if hang_marker and not os.path.exists(hang_marker):
+        # The marker exists before "start" is logged, so a worker killed after
+        # logging it always leaves the redelivery free to finish.
+        hang = bool(hang_marker) and not os.path.exists(hang_marker)
+        if hang:
             open(hang_marker, "w").close()
+        log(logfile, f"start {os.getpid()} {n}")
+        if hang:
             time.sleep(3600)
         log(logfile, f"done {os.getpid()} {n}")
 

@@ -1,0 +1,73 @@
+"""The Falcon application factory.
+
+``create_app(settings, checks=…)`` builds the WSGI app from explicit settings
+(what tests use); ``get_app()`` reads the environment and is what gunicorn
+runs (``gunicorn 'api.app:get_app()'``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Optional
+
+import falcon
+
+from models import StoreError, bind, database_from_url, registry
+from workers.broker import JetStreamBroker
+from workers.outbox_relay import publish_rows
+
+from .checks import database_check, nats_check
+from .errors import handle_store_error, handle_unexpected, serialize_problem
+from .health import Check, Healthz, Readyz
+from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson
+from .resources import API_VERSION, Collection, Item, Publisher, Versions
+from .settings import Settings
+
+__all__ = ["create_app", "get_app", "OPEN_PATHS"]
+
+#: Routes that answer without a token (probes).
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    checks: Optional[Mapping[str, Check]] = None,
+    publish: Optional[Publisher] = None,
+) -> falcon.App:
+    """The API for every registered kind; ``publish`` sends committed outbox rows (fast path)."""
+    app = falcon.App(
+        middleware=[
+            RequestId(),
+            BearerAuth(settings.token_hashes, open_paths=OPEN_PATHS),
+            BodyLimit(settings.max_body_bytes),
+            RequireJson(),
+        ]
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    app.set_error_serializer(serialize_problem)
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(StoreError, handle_store_error)
+    app.add_route("/healthz", Healthz())
+    app.add_route("/readyz", Readyz(checks or {}))
+    for model in registry.kinds():
+        app.add_route(f"/{API_VERSION}/{model.plural}", Collection(model, publish or _no_publish))
+        app.add_route(f"/{API_VERSION}/{model.plural}/{{object_id}}", Item(model, publish or _no_publish))
+        app.add_route(f"/{model.plural}/versions", Versions(model))
+    return app
+
+
+def _no_publish(rows) -> None:
+    """Without a broker the relay publishes everything (a few seconds later)."""
+
+
+def get_app() -> falcon.App:
+    """The app gunicorn serves, configured from the environment."""
+    settings = Settings.from_env()
+    bind(database_from_url(settings.database_url))
+    broker = JetStreamBroker(settings.nats_url, prefix=settings.nats_prefix, name="threeport-api")
+    return create_app(
+        settings,
+        checks={"database": database_check, "nats": nats_check(broker.connection)},
+        publish=functools.partial(publish_rows, broker),
+    )

@@ -1,0 +1,130 @@
+"""One generic set of resources serves every reconciled kind.
+
+A kind is a model in :mod:`models.registry`; its routes are
+``/v0/<plural>`` (list, create) and ``/v0/<plural>/{id}`` (get, patch, put,
+delete), plus ``/<plural>/versions``. Every write goes through
+:mod:`models.store` and, once committed, its outbox rows are published at
+once; a failed publish never fails the request (the relay publishes what is
+left). ``resource_version`` is the ETag, and ``If-Match`` makes a write
+conditional.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any, Callable, Optional, Sequence
+
+import falcon
+
+from models import store
+from models.base import ReconciledModel
+from models.outbox import Outbox
+
+__all__ = ["Collection", "Item", "Versions", "as_json", "Publisher"]
+
+logger = logging.getLogger(__name__)
+
+#: Publishes committed outbox rows (the fast path); failures are logged, never raised.
+Publisher = Callable[[Sequence[Outbox]], None]
+API_VERSION = "v0"
+
+
+def as_json(obj: ReconciledModel) -> dict[str, Any]:
+    """The object as the API shows it."""
+    out: dict[str, Any] = {"kind": obj.kind}
+    for name in obj._meta.sorted_field_names:
+        value = getattr(obj, name)
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, dt.datetime):
+            value = value.isoformat()
+        out[name] = value
+    return out
+
+
+def _if_match(req: falcon.Request) -> Optional[str]:
+    value = req.get_header("If-Match")
+    return value.strip().strip('"') if value else None
+
+
+def _body(req: falcon.Request) -> dict[str, Any]:
+    body = req.get_media()
+    if not isinstance(body, dict):
+        raise falcon.HTTPUnprocessableEntity(title="Invalid Object", description="The body must be a JSON object.")
+    return body
+
+
+def _answer(resp: falcon.Response, obj: ReconciledModel, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.etag = str(obj.resource_version)
+    resp.media = as_json(obj)
+
+
+class _KindResource:
+    def __init__(self, model: type[ReconciledModel], publish: Publisher) -> None:
+        self.model = model
+        self.publish = publish
+
+    def _published(self, written: store.Written) -> ReconciledModel:
+        try:
+            self.publish(written.outbox)
+        except Exception:  # the relay publishes whatever the fast path could not
+            logger.warning("Fast-path publish failed for %s %s.", self.model.kind, written.obj.id, exc_info=True)
+        return written.obj
+
+
+class Collection(_KindResource):
+    """``/v0/<plural>``"""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = dict(req.params)
+        limit = params.pop("limit", "50")
+        after = params.pop("after", None)
+        try:
+            limit_value = int(limit)
+        except ValueError:
+            raise falcon.HTTPUnprocessableEntity(title="Invalid Query", description="limit must be a number") from None
+        items, next_cursor = store.list_objects(self.model, limit=limit_value, after=after, filters=params)
+        resp.media = {"items": [as_json(o) for o in items], "next": next_cursor}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        obj = self._published(store.create(self.model, _body(req)))
+        resp.location = f"/{API_VERSION}/{self.model.plural}/{obj.id}"
+        _answer(resp, obj, falcon.HTTP_201)
+
+
+class Item(_KindResource):
+    """``/v0/<plural>/{object_id}``"""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, object_id: str) -> None:
+        _answer(resp, store.get(self.model, object_id))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, object_id: str) -> None:
+        written = store.update(self.model, object_id, _body(req), if_match=_if_match(req))
+        _answer(resp, self._published(written))
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, object_id: str) -> None:
+        body = _body(req)
+        missing = sorted(self.model.user_fields() - set(body))
+        if missing:
+            raise falcon.HTTPUnprocessableEntity(
+                title="Invalid Object", description=f"PUT replaces the object: missing {', '.join(missing)}"
+            )
+        written = store.update(self.model, object_id, body, if_match=_if_match(req))
+        _answer(resp, self._published(written))
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, object_id: str) -> None:
+        written = store.schedule_deletion(self.model, object_id, if_match=_if_match(req))
+        _answer(resp, self._published(written), falcon.HTTP_202)
+
+
+class Versions:
+    """``/<plural>/versions``"""
+
+    def __init__(self, model: type[ReconciledModel]) -> None:
+        self.model = model
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"kind": self.model.kind, "versions": [API_VERSION]}

@@ -1,0 +1,49 @@
+"""``threeport api``: serve the HTTP API under gunicorn (what compose and Kubernetes run).
+
+gunicorn is embedded through its ``BaseApplication`` so the command needs no
+config file; it forks ``--workers`` processes, each with ``--threads``
+threads, and stops gracefully on SIGTERM within ``--graceful-timeout``.
+"""
+
+from __future__ import annotations
+
+import typer
+from gunicorn.app.base import BaseApplication
+
+from api.app import get_app
+
+DEFAULT_PORT = 1323
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, options: dict) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return get_app()
+
+
+def serve(
+    host: str = typer.Option("0.0.0.0", envvar="THREEPORT_API_HOST", help="Address to listen on."),
+    port: int = typer.Option(DEFAULT_PORT, envvar="THREEPORT_API_PORT", help="Port to listen on."),
+    workers: int = typer.Option(2, envvar="THREEPORT_API_WORKERS", help="gunicorn worker processes."),
+    threads: int = typer.Option(8, envvar="THREEPORT_API_THREADS", help="Threads per worker process."),
+    graceful_timeout: int = typer.Option(20, help="Seconds to finish requests on SIGTERM."),
+) -> None:
+    """Serve the HTTP API (DATABASE_URL, NATS_URL and THREEPORT_API_TOKEN from the environment)."""
+    _Gunicorn(
+        {
+            "bind": f"{host}:{port}",
+            "workers": workers,
+            "threads": threads,
+            "worker_class": "gthread",
+            "graceful_timeout": graceful_timeout,
+            "accesslog": "-",
+            "errorlog": "-",
+        }
+    ).run()

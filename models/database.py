@@ -1,0 +1,77 @@
+"""The database every model uses, chosen by URL and bound at start-up.
+
+Models are declared against :data:`db`, a proxy, so that the process picks
+the real database once, at its edge (``DATABASE_URL``), and tests bind a
+fresh one per test. Both backends run every transaction at SERIALIZABLE:
+PostgreSQL because we ask for it on each ``BEGIN``, CockroachDB because it
+knows no other level. Conflicts then surface as SQLSTATE 40001, which
+:mod:`models.transactions` retries.
+
+Connections are pooled per process. The default of 32 covers a process's
+threads with headroom: Dramatiq's default 8 worker threads plus the relay
+and resync threads, or a gunicorn worker with up to ~30 threads. Each
+transaction checks a connection out and back in, so threads that come and
+go never strand one. Mind the server's limit (PostgreSQL's default
+``max_connections`` is 100) when multiplying by processes.
+"""
+
+from __future__ import annotations
+
+import peewee
+from playhouse.cockroachdb import PooledCockroachDatabase
+from playhouse.pool import PooledPostgresqlDatabase
+from psycopg2.extensions import ISOLATION_LEVEL_SERIALIZABLE
+
+from .errors import ConfigurationError
+
+__all__ = ["db", "bind", "database_from_url"]
+
+#: The database of every model; :func:`bind` points it at a real one.
+db = peewee.DatabaseProxy()
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+_COCKROACH_SCHEMES = ("cockroachdb", "crdb")
+
+
+def database_from_url(
+    url: str,
+    *,
+    max_connections: int = 32,
+    stale_timeout: float = 300,
+    wait_timeout: float = 10,
+) -> peewee.Database:
+    """A pooled database for ``postgresql://…`` (or ``postgres://``) or ``cockroachdb://…``.
+
+    Parameters:
+      url: a libpq URL; only the scheme picks the backend, the rest (host,
+        port, database, ``?sslmode=…``) goes to the driver as it is.
+      max_connections: connections this process may hold open at once.
+      stale_timeout: seconds after which an idle connection is replaced.
+      wait_timeout: seconds a thread waits for a free connection when all
+        are in use, before :class:`~models.errors.Unavailable` (0: no limit).
+
+    Raises:
+      ConfigurationError: the scheme is neither PostgreSQL nor CockroachDB.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme not in _POSTGRES_SCHEMES + _COCKROACH_SCHEMES:
+        raise ConfigurationError(f"unsupported database URL {_redact(url)!r}: use postgresql://… or cockroachdb://…")
+    pool = {"max_connections": max_connections, "stale_timeout": stale_timeout, "timeout": wait_timeout}
+    dsn = "postgresql://" + rest
+    if scheme in _COCKROACH_SCHEMES:
+        return PooledCockroachDatabase(dsn, **pool)
+    return PooledPostgresqlDatabase(dsn, isolation_level=ISOLATION_LEVEL_SERIALIZABLE, **pool)
+
+
+def bind(database: peewee.Database | None) -> None:
+    """Point :data:`db` (so every model) at ``database``; None unbinds."""
+    db.initialize(database)
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password, fit for an error message."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{separator}{credentials.split(':', 1)[0]}:***@{location}"

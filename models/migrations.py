@@ -1,0 +1,181 @@
+"""Schema migrations: an ordered list, applied once each, safe to run from many processes at once.
+
+``migrate(database)`` records applied migrations in ``schema_migrations`` and
+applies the missing ones in order, each in its own transaction together with
+its record, so a migration is either fully applied and recorded or not at
+all. Every one of those transactions first takes a cluster-wide lock, so when
+several processes start together (``threeport up``, replicas of a
+deployment) one applies and the others find it recorded:
+
+- PostgreSQL: ``pg_advisory_xact_lock``, released at commit. The transaction
+  runs at READ COMMITTED, so that its reads after the wait see what the
+  lock holder committed (a SERIALIZABLE snapshot would be taken before the
+  wait, and see the schema as it was).
+- CockroachDB (no advisory locks): ``SELECT … FOR UPDATE`` on the one row of
+  ``schema_lock``; a transaction that waited is pushed and retried on 40001
+  by :func:`~models.transactions.run_in_transaction`.
+
+Migrations are written as explicit SQL that both databases accept, and are
+never edited once released: a change to the schema is a new migration.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import peewee
+from playhouse.cockroachdb import CockroachDatabase
+
+from .errors import MigrationError, StoreError
+from .transactions import run_in_transaction
+
+__all__ = ["Migration", "MIGRATIONS", "migrate", "applied_migrations"]
+
+#: A step is a SQL statement, or a function given the database (for data migrations).
+Step = Union[str, Callable[[peewee.Database], None]]
+
+#: ``pg_advisory_xact_lock`` key of schema migrations (any constant; this is "3port" in ASCII).
+ADVISORY_LOCK_KEY = 0x33706F7274
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: an id (sorts in order of application) and its steps."""
+
+    id: str
+    steps: tuple[Step, ...]
+
+
+# The lifecycle columns of a reconciled kind's table, as of 0001. Frozen like
+# the migrations that use it: a later lifecycle change is a new migration.
+_LIFECYCLE_COLUMNS_0001 = """
+    id UUID PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    generation BIGINT NOT NULL DEFAULT 1,
+    observed_generation BIGINT NOT NULL DEFAULT 0,
+    reconciled BOOLEAN NOT NULL DEFAULT FALSE,
+    creation_acknowledged BOOLEAN NOT NULL DEFAULT FALSE,
+    creation_confirmed BOOLEAN NOT NULL DEFAULT FALSE,
+    creation_failed BOOLEAN NOT NULL DEFAULT FALSE,
+    deletion_scheduled TIMESTAMPTZ,
+    deletion_acknowledged BOOLEAN NOT NULL DEFAULT FALSE,
+    deletion_confirmed BOOLEAN NOT NULL DEFAULT FALSE,
+    interrupt_reconciliation BOOLEAN NOT NULL DEFAULT FALSE,
+    status JSONB NOT NULL DEFAULT '{}',
+    resource_version BIGINT NOT NULL DEFAULT 1"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_workloads_and_outbox",
+        (
+            f"""CREATE TABLE workload_definitions ({_LIFECYCLE_COLUMNS_0001},
+    yaml_document TEXT NOT NULL,
+    CONSTRAINT workload_definitions_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX workload_definitions_created_at_id ON workload_definitions (created_at, id)",
+            # The resync sweep's scan: only objects not reconciled yet are in it.
+            """CREATE INDEX workload_definitions_unreconciled ON workload_definitions (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE TABLE workload_resource_definitions (
+    id UUID PRIMARY KEY,
+    workload_definition_id UUID NOT NULL REFERENCES workload_definitions (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    json_definition JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    CONSTRAINT workload_resource_definitions_document_key UNIQUE (workload_definition_id, name)
+)""",
+            """CREATE TABLE outbox (
+    id UUID PRIMARY KEY,
+    queue TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    object_id UUID NOT NULL,
+    generation BIGINT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    payload JSONB NOT NULL DEFAULT '{}'
+)""",
+            "CREATE INDEX outbox_created_at ON outbox (created_at)",
+        ),
+    ),
+)
+
+
+def migrate(database: peewee.Database, *, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[str]:
+    """Apply the migrations ``database`` lacks, in order; return the ids this call applied.
+
+    Raises MigrationError naming the migration that failed (its error is the cause).
+    """
+    run = functools.partial(run_in_transaction, database=database)
+    with database.connection_context():
+        if _is_cockroach(database):
+            _run_or_fail(run, functools.partial(_create_lock_row, database), "bootstrap")
+        _run_or_fail(run, functools.partial(_create_migrations_table, database), "bootstrap")
+        return [
+            migration.id
+            for migration in migrations
+            if _run_or_fail(run, functools.partial(_apply, database, migration), migration.id)
+        ]
+
+
+def applied_migrations(database: peewee.Database) -> list[str]:
+    """Ids recorded in ``schema_migrations``, in order (empty before the first :func:`migrate`)."""
+
+    def read() -> list[str]:
+        if not database.table_exists("schema_migrations"):
+            return []
+        return [row[0] for row in database.execute_sql("SELECT id FROM schema_migrations ORDER BY id").fetchall()]
+
+    return run_in_transaction(read, database=database)
+
+
+def _run_or_fail(run: Callable, step: Callable[[], bool | None], what: str) -> bool | None:
+    """``run(step)``, with a failure reported as the failure of migration ``what``."""
+    try:
+        return run(step)
+    except StoreError as exc:
+        raise MigrationError(f"migration {what} failed: {exc}") from exc
+
+
+def _create_lock_row(database: peewee.Database) -> None:
+    """CockroachDB only: the row that stands in for an advisory lock (its own transaction, before any DDL)."""
+    database.execute_sql("CREATE TABLE IF NOT EXISTS schema_lock (id INT PRIMARY KEY)")
+    database.execute_sql("INSERT INTO schema_lock (id) VALUES (1) ON CONFLICT (id) DO NOTHING")
+
+
+def _create_migrations_table(database: peewee.Database) -> None:
+    _lock(database)
+    database.execute_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+
+
+def _apply(database: peewee.Database, migration: Migration) -> bool:
+    """Apply ``migration`` unless it is recorded; whether it was applied now."""
+    _lock(database)
+    if database.execute_sql("SELECT 1 FROM schema_migrations WHERE id = %s", (migration.id,)).fetchone():
+        return False
+    for step in migration.steps:
+        if callable(step):
+            step(database)
+        else:
+            database.execute_sql(step)
+    database.execute_sql("INSERT INTO schema_migrations (id, applied_at) VALUES (%s, now())", (migration.id,))
+    return True
+
+
+def _lock(database: peewee.Database) -> None:
+    """Take the migration lock for the rest of the current transaction (the transaction's first statement)."""
+    if _is_cockroach(database):
+        database.execute_sql("SELECT id FROM schema_lock WHERE id = 1 FOR UPDATE")
+    else:
+        database.execute_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+def _is_cockroach(database: peewee.Database) -> bool:
+    return isinstance(database, CockroachDatabase)

@@ -1,0 +1,340 @@
+"""The store: every read and write of reconciled objects, each one retried transaction.
+
+A write changes the object's row and, when the reconciler has new work (a
+new generation), inserts the outbox row in the same transaction; it returns
+both (:class:`Written`) so the caller can publish the outbox rows right
+after commit. ``resource_version`` is bumped by every write and is the
+optimistic lock: a write given ``if_match`` applies only to that version,
+as a compare-and-set (``UPDATE … WHERE id = ? AND resource_version = ?``).
+``generation`` is bumped when the spec changes or deletion is scheduled;
+the reconciler writes its status guarded by the generation it read, so a
+reconcile of an outdated spec cannot overwrite a newer one's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Generic, Iterable, Mapping, Optional, TypeVar
+
+import peewee
+
+from .base import ReconciledModel, utcnow
+from .errors import Conflict, InvalidObject, NotFound, PreconditionFailed, sqlstate
+from .outbox import Outbox
+from .transactions import transactional
+from .validation import checked_fields, checked_status, filter_value
+
+__all__ = [
+    # Writes
+    "Written",
+    "create",
+    "update",
+    "schedule_deletion",
+    "confirm_deletion",
+    "write_status",
+    # Reads
+    "get",
+    "list_objects",
+    "unreconciled",
+    "MAX_PAGE_SIZE",
+    "STATUS_FLAGS",
+    # The relay's side of the outbox
+    "pending_outbox",
+    "delete_outbox",
+]
+
+M = TypeVar("M", bound=ReconciledModel)
+
+#: Largest ``limit`` of one :func:`list_objects` page.
+MAX_PAGE_SIZE = 1000
+
+#: Lifecycle flags the reconciler may set with :func:`write_status`.
+STATUS_FLAGS = frozenset(
+    {
+        "reconciled",
+        "creation_acknowledged",
+        "creation_confirmed",
+        "creation_failed",
+        "deletion_acknowledged",
+        "interrupt_reconciliation",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Written(Generic[M]):
+    """An object as saved, and the outbox rows its transaction inserted (to publish after commit)."""
+
+    obj: M
+    outbox: list[Outbox] = field(default_factory=list)
+
+
+# Writes ---------------------------------------------------------------------------
+
+
+@transactional
+def create(model: type[M], fields: Mapping[str, Any]) -> Written[M]:
+    """Insert a new object at generation 1 and ask for its reconciliation.
+
+    Raises InvalidObject (unknown, server-managed, missing or bad field) or
+    Conflict (the name is taken).
+    """
+    values = checked_fields(model, fields, creating=True)
+    now = utcnow()
+    obj = model(**values, created_at=now, updated_at=now)
+    with _name_must_be_free(model, obj.name):
+        obj.save(force_insert=True)
+    return Written(obj, [_enqueue(obj)])
+
+
+@transactional
+def update(
+    model: type[M], object_id: uuid.UUID | str, fields: Mapping[str, Any], *, if_match: Optional[int] = None
+) -> Written[M]:
+    """Change some of an object's user fields; a spec change is a new generation to reconcile.
+
+    Raises NotFound, PreconditionFailed (``if_match`` is not the stored
+    ``resource_version``, or another write won the race), InvalidObject,
+    or Conflict (the new name is taken, or deletion is scheduled).
+    """
+    changes = checked_fields(model, fields, creating=False)
+    obj = _load_for_write(model, object_id, if_match=if_match)
+    if obj.deletion_scheduled is not None:
+        raise Conflict(f"{model.kind} {obj.id} is being deleted and can no longer change")
+    spec_changed = any(getattr(obj, name) != value for name, value in changes.items() if name in model.spec_fields)
+    values = {**changes, "updated_at": utcnow(), "resource_version": obj.resource_version + 1}
+    if spec_changed:
+        values["generation"] = obj.generation + 1
+    with _name_must_be_free(model, changes.get("name")):
+        _compare_and_set(obj, values)
+    return Written(obj, [_enqueue(obj)] if spec_changed else [])
+
+
+@transactional
+def schedule_deletion(model: type[M], object_id: uuid.UUID | str, *, if_match: Optional[int] = None) -> Written[M]:
+    """Mark an object for deletion (a new generation) and ask the reconciler to tear it down.
+
+    Asking again changes nothing and enqueues nothing. Raises NotFound or
+    PreconditionFailed.
+    """
+    obj = _load_for_write(model, object_id, if_match=if_match)
+    if obj.deletion_scheduled is not None:
+        return Written(obj)
+    now = utcnow()
+    _compare_and_set(
+        obj,
+        {
+            "deletion_scheduled": now,
+            "updated_at": now,
+            "generation": obj.generation + 1,
+            "resource_version": obj.resource_version + 1,
+        },
+    )
+    return Written(obj, [_enqueue(obj)])
+
+
+@transactional
+def confirm_deletion(model: type[ReconciledModel], object_id: uuid.UUID | str) -> bool:
+    """Delete the row of an object whose deletion was scheduled: whether it was there to delete.
+
+    Confirming twice is harmless (False the second time). Raises Conflict
+    when deletion was never scheduled, or other rows still reference it.
+    """
+    obj = _find(model, object_id, for_update=True)
+    if obj is None:
+        return False
+    if obj.deletion_scheduled is None:
+        raise Conflict(f"{model.kind} {obj.id} cannot be removed: its deletion is not scheduled")
+    obj.delete_instance()
+    return True
+
+
+@transactional
+def write_status(
+    model: type[ReconciledModel],
+    object_id: uuid.UUID | str,
+    *,
+    generation: int,
+    status: Mapping[str, Any],
+    observed: bool = True,
+    **flags: bool,
+) -> bool:
+    """Record the reconciler's outcome for ``generation``: whether it was written.
+
+    Nothing is written (False) when the object is gone or its generation is
+    no longer ``generation``: a newer spec is waiting for its own reconcile.
+    ``observed=False`` records the status without marking the generation
+    observed (a temporary failure that will be retried). ``flags`` are
+    lifecycle flags from :data:`STATUS_FLAGS`; those not given keep their value.
+    """
+    unknown = set(flags) - STATUS_FLAGS
+    if unknown:
+        raise TypeError(f"write_status() got unknown flags {sorted(unknown)}")
+    values: dict[str, Any] = {
+        "status": checked_status(status),
+        "updated_at": utcnow(),
+        "resource_version": model.resource_version + 1,
+        **flags,
+    }
+    if observed:
+        values["observed_generation"] = generation
+    object_uuid = _parse_id(model, object_id)
+    query = model.update(values).where((model.id == object_uuid) & (model.generation == generation))
+    return query.execute() == 1
+
+
+# Reads ----------------------------------------------------------------------------
+
+
+@transactional
+def get(model: type[M], object_id: uuid.UUID | str) -> M:
+    """The object with ``object_id``; raises NotFound."""
+    return _load(model, object_id)
+
+
+@transactional
+def list_objects(
+    model: type[M],
+    *,
+    limit: int = 50,
+    after: Optional[str] = None,
+    filters: Optional[Mapping[str, Any]] = None,
+) -> tuple[list[M], Optional[str]]:
+    """One page of objects, oldest first, and the cursor of the next page (None on the last).
+
+    Pages are keyset-paginated on (``created_at``, ``id``): a page is stable
+    under concurrent inserts and costs the same however deep. ``filters``
+    compare fields for equality (``{"name": "web"}``); values may be text.
+
+    Raises InvalidObject for a bad limit, cursor or filter.
+    """
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidObject(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+    query = model.select()
+    for name, value in (filters or {}).items():
+        value = filter_value(model, name, value)
+        query = query.where(model._meta.fields[name] == value)
+    if after is not None:
+        created_at, object_id = _decode_cursor(after)
+        query = query.where(peewee.Tuple(model.created_at, model.id) > peewee.Tuple(created_at, object_id))
+    rows = list(query.order_by(model.created_at, model.id).limit(limit + 1))
+    page = rows[:limit]
+    return page, (_encode_cursor(page[-1]) if len(rows) > limit else None)
+
+
+@transactional
+def unreconciled(model: type[M], *, older_than_seconds: float, limit: int) -> list[M]:
+    """Objects left unreconciled for ``older_than_seconds``, least recently updated first (the resync sweep).
+
+    That is a generation not observed yet, or a scheduled deletion (the row
+    goes once the deletion is confirmed, so a row whose deletion is
+    scheduled is one not confirmed yet).
+    """
+    pending = (model.generation != model.observed_generation) | model.deletion_scheduled.is_null(False)
+    query = model.select().where(pending & (model.updated_at <= _ago(older_than_seconds)))
+    return list(query.order_by(model.updated_at).limit(limit))
+
+
+# The outbox, for the relay --------------------------------------------------------
+
+
+@transactional
+def pending_outbox(*, older_than_seconds: float, limit: int) -> list[Outbox]:
+    """Outbox rows older than ``older_than_seconds`` (left over by the fast path), oldest first."""
+    query = Outbox.select().where(Outbox.created_at <= _ago(older_than_seconds))
+    return list(query.order_by(Outbox.created_at).limit(limit))
+
+
+@transactional
+def delete_outbox(ids: Iterable[uuid.UUID | str]) -> int:
+    """Delete outbox rows (once published); how many there were."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    return Outbox.delete().where(Outbox.id.in_(ids)).execute()
+
+
+# Helpers --------------------------------------------------------------------------
+
+
+def _parse_id(model: type[ReconciledModel], object_id: uuid.UUID | str) -> uuid.UUID:
+    try:
+        return object_id if isinstance(object_id, uuid.UUID) else uuid.UUID(str(object_id))
+    except ValueError:
+        raise NotFound(f"no {model.kind} with id {object_id!r}") from None
+
+
+def _find(model: type[M], object_id: uuid.UUID | str, *, for_update: bool = False) -> Optional[M]:
+    query = model.select().where(model.id == _parse_id(model, object_id))
+    return (query.for_update() if for_update else query).first()
+
+
+def _load(model: type[M], object_id: uuid.UUID | str, *, for_update: bool = False) -> M:
+    obj = _find(model, object_id, for_update=for_update)
+    if obj is None:
+        raise NotFound(f"no {model.kind} with id {str(object_id)!r}")
+    return obj
+
+
+def _load_for_write(model: type[M], object_id: uuid.UUID | str, *, if_match: Optional[int]) -> M:
+    """The object, row-locked, once ``if_match`` (when given) is known to match its version."""
+    obj = _load(model, object_id, for_update=True)
+    if if_match is not None and _version(if_match) != obj.resource_version:
+        raise PreconditionFailed(f"{model.kind} {obj.id} is at resource_version {obj.resource_version}, not {if_match}")
+    return obj
+
+
+def _version(if_match: Any) -> Optional[int]:
+    try:
+        return int(if_match)
+    except (TypeError, ValueError):
+        return None  # matches no version
+
+
+def _compare_and_set(obj: ReconciledModel, values: dict[str, Any]) -> None:
+    """Write ``values`` to ``obj``'s row if it is still at the version read, and to ``obj``."""
+    model = type(obj)
+    query = model.update(values).where((model.id == obj.id) & (model.resource_version == obj.resource_version))
+    if query.execute() != 1:
+        raise PreconditionFailed(f"{model.kind} {obj.id} was changed by another write")
+    for name, value in values.items():
+        setattr(obj, name, value)
+
+
+@contextlib.contextmanager
+def _name_must_be_free(model: type[ReconciledModel], name: Optional[str]):
+    try:
+        yield
+    except peewee.IntegrityError as exc:
+        if name is not None and sqlstate(exc) == "23505":
+            raise Conflict(f"a {model.kind} named {name!r} already exists") from exc
+        raise
+
+
+def _enqueue(obj: ReconciledModel) -> Outbox:
+    row = Outbox.for_object(obj)
+    row.save(force_insert=True)
+    return row
+
+
+def _ago(seconds: float) -> dt.datetime:
+    return utcnow() - dt.timedelta(seconds=seconds)
+
+
+def _encode_cursor(obj: ReconciledModel) -> str:
+    raw = f"{obj.created_at.isoformat()}|{obj.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, object_id = raw.split("|")
+        return dt.datetime.fromisoformat(created_at), uuid.UUID(object_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidObject(f"invalid cursor {cursor!r}") from None

@@ -1,0 +1,185 @@
+"""Retried SERIALIZABLE transactions and database URLs, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from playhouse.cockroachdb import PooledCockroachDatabase
+from playhouse.pool import PooledPostgresqlDatabase
+
+from cli.local_servers import free_port
+from models import (
+    ConfigurationError,
+    RetriesExhausted,
+    StoreError,
+    Unavailable,
+    WorkloadDefinition,
+    database_from_url,
+    db,
+    run_in_transaction,
+    store,
+    transactional,
+)
+from models.errors import sqlstate
+
+FORCE_SERIALIZATION_FAILURE = "DO $$ BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40001'; END $$"
+
+
+def count_definitions() -> int:
+    return WorkloadDefinition.select().count()
+
+
+def test_transactions_run_at_serializable_isolation(database):
+    level = run_in_transaction(lambda: db.execute_sql("SHOW transaction_isolation").fetchone()[0])
+    assert level == "serializable"
+
+
+def test_a_serialization_failure_is_retried_transparently(database):
+    # Given a transaction that the server aborts with SQLSTATE 40001 on its first three runs
+    runs = []
+
+    def create_once_the_server_lets_us():
+        runs.append(1)
+        store.create(WorkloadDefinition, {"name": f"web-{len(runs)}", "yaml_document": "{}"})
+        if len(runs) <= 3:
+            db.execute_sql(FORCE_SERIALIZATION_FAILURE)
+        return len(runs)
+
+    # When it runs, then the caller sees only the successful fourth run, committed once
+    assert run_in_transaction(create_once_the_server_lets_us, base_delay=0.001) == 4
+    assert [obj.name for obj in WorkloadDefinition.select()] == ["web-4"]
+
+
+def test_retries_give_up_after_the_last_attempt(database):
+    # Given a transaction the server always aborts with 40001
+    runs = []
+
+    @transactional(attempts=3, base_delay=0.001)
+    def always_conflicting():
+        runs.append(1)
+        store.create(WorkloadDefinition, {"name": "web", "yaml_document": "{}"})
+        db.execute_sql(FORCE_SERIALIZATION_FAILURE)
+
+    # When it runs, then it gives up after three attempts, with the server's error as the cause
+    with pytest.raises(RetriesExhausted, match="after 3 attempts") as caught:
+        always_conflicting()
+    assert len(runs) == 3
+    assert sqlstate(caught.value.__cause__) == "40001"
+    assert count_definitions() == 0
+
+
+def test_a_genuine_write_skew_between_two_threads_is_caught_and_retried(database):
+    # Given two doctors on call, and a rule that one must stay: each leaves only if the other is on call
+    run_in_transaction(
+        lambda: (
+            db.execute_sql("CREATE TABLE on_call (doctor TEXT PRIMARY KEY, on_duty BOOLEAN NOT NULL)"),
+            db.execute_sql("INSERT INTO on_call VALUES ('alice', TRUE), ('bob', TRUE)"),
+        )
+    )
+    both_have_read = threading.Barrier(2)
+    runs = {"alice": 0, "bob": 0}
+
+    def leave_if_covered(doctor: str) -> None:
+        runs[doctor] += 1
+        on_duty = db.execute_sql("SELECT count(*) FROM on_call WHERE on_duty").fetchone()[0]
+        if runs[doctor] == 1:
+            both_have_read.wait(timeout=10)  # both saw two on duty before either writes
+        if on_duty > 1:
+            db.execute_sql("UPDATE on_call SET on_duty = FALSE WHERE doctor = %s", (doctor,))
+
+    # When both try to leave at the same time
+    threads = [
+        threading.Thread(target=run_in_transaction, args=(lambda d=d: leave_if_covered(d),)) for d in ("alice", "bob")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    # Then SERIALIZABLE aborted one of them, whose retry saw the other gone and stayed: one is on duty
+    assert run_in_transaction(lambda: db.execute_sql("SELECT count(*) FROM on_call WHERE on_duty").fetchone()[0]) == 1
+    assert sorted(runs.values()) == [1, 2]
+
+
+def test_a_nested_call_joins_the_outer_transaction(database):
+    # When two store writes run inside one transaction that then fails
+    def two_creates_then_failure():
+        store.create(WorkloadDefinition, {"name": "a", "yaml_document": "{}"})
+        store.create(WorkloadDefinition, {"name": "b", "yaml_document": "{}"})
+        raise KeyError("boom")
+
+    # Then the failure comes out unchanged, and neither write happened
+    with pytest.raises(KeyError, match="boom"):
+        run_in_transaction(two_creates_then_failure)
+    assert count_definitions() == 0
+
+
+def test_database_errors_are_translated_and_others_pass_through(database):
+    # A database error becomes a StoreError, with the driver's error as its cause
+    with pytest.raises(StoreError, match="42P01") as caught:
+        run_in_transaction(lambda: db.execute_sql("SELECT * FROM no_such_table"))
+    assert sqlstate(caught.value.__cause__) == "42P01"
+
+    # And an unbound database is a clear error, not an AttributeError
+    db.initialize(None)
+    try:
+        with pytest.raises(ConfigurationError, match="no database is bound"):
+            store.get(WorkloadDefinition, "00000000-0000-0000-0000-000000000000")
+    finally:
+        db.initialize(database)
+
+
+def test_an_unreachable_database_is_unavailable(postgres_server):
+    # Given a URL where no server listens, and one naming a database the server does not have
+    nobody_listens = database_from_url(f"postgresql://postgres@127.0.0.1:{free_port()}/threeport")
+    no_such_database = database_from_url(postgres_server.url("no_such_database"))
+
+    # Then a transaction on either fails as Unavailable
+    for database in (nobody_listens, no_such_database):
+        with pytest.raises(Unavailable, match="database unavailable"):
+            run_in_transaction(lambda: None, database=database)
+
+
+def test_a_thread_waiting_too_long_for_a_pooled_connection_is_told_so(empty_database_url):
+    # Given a pool of one connection, held by a thread in the middle of a transaction
+    database = database_from_url(empty_database_url, max_connections=1, wait_timeout=0.2)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(timeout=10)
+
+    holder = threading.Thread(target=run_in_transaction, args=(hold,), kwargs={"database": database})
+    holder.start()
+    try:
+        assert holding.wait(timeout=10)
+
+        # When another thread needs a connection, then it gives up after the wait timeout
+        with pytest.raises(Unavailable, match="no database connection became free"):
+            run_in_transaction(lambda: None, database=database)
+    finally:
+        release.set()
+        holder.join(timeout=10)
+        database.close_all()
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("postgresql://u:p@db.example:5432/threeport?sslmode=require", PooledPostgresqlDatabase),
+        ("postgres://u@db.example/threeport", PooledPostgresqlDatabase),
+        ("cockroachdb://root@crdb.example:26257/threeport?sslmode=verify-full", PooledCockroachDatabase),
+    ],
+)
+def test_the_url_scheme_picks_the_database(url, expected):
+    database = database_from_url(url, max_connections=5)
+    assert type(database) is expected
+    assert database.database == "postgresql://" + url.split("://", 1)[1]
+    assert database._max_connections == 5
+
+
+def test_an_unsupported_url_is_refused_without_showing_its_password():
+    with pytest.raises(ConfigurationError, match="unsupported database URL") as caught:
+        database_from_url("mysql://admin:s3cret@db.example/threeport")
+    assert "s3cret" not in str(caught.value)
