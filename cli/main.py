@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from . import api, queues, up
+from . import api, migrate, queues, up
 
 app = typer.Typer(
     name="threeport",
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.add_typer(queues.app, name="queues")
 app.command("up")(up.up)
 app.command("api")(api.serve)
+app.command("migrate")(migrate.run)
 
 
 def main() -> None:

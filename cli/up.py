@@ -1,57 +1,178 @@
-"""``threeport up``: run the control plane on this machine.
+"""``threeport up``: run the whole control plane on this machine.
 
-For now this starts the message spine: an embedded ``nats-server -js`` whose
-data lives under ``THREEPORT_HOME`` (default ``./.threeport``), so a second
-run reuses it. With ``NATS_URL`` set it uses that server instead. Ctrl-C or
-SIGTERM stops everything it started.
+It starts what is missing: an embedded ``nats-server -js`` and PostgreSQL
+with their data under ``THREEPORT_HOME`` (default ``./.threeport``), so a
+second run reuses them; with ``NATS_URL`` / ``DATABASE_URL`` set it uses those
+instead. Then it migrates, starts the API under gunicorn and the worker
+processes, prints where the API listens and its token, and runs until Ctrl-C
+or SIGTERM, when it stops every process it started, newest first.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
-import threading
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 
-from .local_servers import NatsServer, ServerError
+from models import StoreError, database_from_url, migrate
+
+from .local_servers import NatsServer, PostgresServer, ServerError
 
 DEFAULT_NATS_PORT = 4222
+DEFAULT_POSTGRES_PORT = 25432
+DEFAULT_API_PORT = 1323
+CONFIG_FILE = "config.json"
 
 console = Console()
 
 
 def up(
     home: Path = typer.Option(Path(".threeport"), envvar="THREEPORT_HOME", help="Where local data lives."),
-    nats_port: int = typer.Option(DEFAULT_NATS_PORT, envvar="THREEPORT_NATS_PORT", help="Port of the embedded NATS."),
+    nats_port: int = typer.Option(DEFAULT_NATS_PORT, envvar="THREEPORT_NATS_PORT", help="Embedded NATS port."),
+    postgres_port: int = typer.Option(
+        DEFAULT_POSTGRES_PORT, envvar="THREEPORT_POSTGRES_PORT", help="Embedded PostgreSQL port."
+    ),
+    api_port: int = typer.Option(DEFAULT_API_PORT, envvar="THREEPORT_API_PORT", help="API port."),
+    worker_processes: int = typer.Option(1, envvar="THREEPORT_WORKER_PROCESSES", help="Worker processes."),
+    worker_threads: int = typer.Option(8, envvar="THREEPORT_WORKER_THREADS", help="Threads per worker process."),
 ) -> None:
     """Start the control plane locally and run until Ctrl-C."""
-    external = os.environ.get("NATS_URL")
-    server = None
-    if external:
-        url = external
-        console.print(f"Using NATS at [bold]{url}[/] (NATS_URL).")
-    else:
-        server = NatsServer(store_dir=home.resolve() / "nats", port=nats_port, name="threeport")
+    home = home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    # A signal handler only appends to a list: taking a lock there (Event.set)
+    # can deadlock with the main thread it interrupts.
+    signals: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _: signals.append(signum))
+    with ExitStack() as running:
         try:
-            server.start()
-        except ServerError as exc:
+            nats_url = _nats(home, nats_port, running)
+            database_url = _database(home, postgres_port, running)
+        except (ServerError, StoreError) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from None
-        url = server.url
-        console.print(f"NATS JetStream listening on [bold]{url}[/] (data in {server.store_dir}).")
-    console.print("Press Ctrl-C to stop.")
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
-    try:
-        while not stopped.wait(0.5):
-            if server is not None and not server.running:
-                console.print(f"[red]nats-server exited; see {server.log_path}[/]")
+        token = _token(home)
+        env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url, "THREEPORT_API_TOKEN": token}
+        api_url = f"http://127.0.0.1:{api_port}"
+        children = [_spawn(["api", "--host", "127.0.0.1", "--port", str(api_port)], env, running)]
+        if _has_command("worker"):
+            children.append(
+                _spawn(["worker", "--processes", str(worker_processes), "--threads", str(worker_threads)], env, running)
+            )
+        _save_config(home, api_url=api_url, token=token)
+        if not _wait_for(f"{api_url}/healthz", signals, children):
+            console.print("[red]error:[/] the API did not come up; see the output above")
+            raise typer.Exit(1)
+        console.print(f"API listening on [bold]{api_url}[/]  token: [bold]{token}[/]")
+        console.print(f"Client config saved to {home / CONFIG_FILE}. Press Ctrl-C to stop.")
+        while not signals:
+            time.sleep(0.2)
+            dead = [c for c in children if c.poll() is not None]
+            if dead:
+                console.print(f"[red]'threeport {dead[0].args[3]}' exited with code {dead[0].returncode}[/]")
                 raise typer.Exit(1)
+        console.print("Stopping…")
+    console.print("Stopped.")
+
+
+def _nats(home: Path, port: int, running: ExitStack) -> str:
+    if os.environ.get("NATS_URL"):
+        console.print(f"Using NATS at [bold]{os.environ['NATS_URL']}[/] (NATS_URL).")
+        return os.environ["NATS_URL"]
+    server = NatsServer(store_dir=home / "nats", port=port, name="threeport").start()
+    running.callback(server.stop)
+    console.print(f"NATS JetStream on {server.url} (data in {server.store_dir}).")
+    return server.url
+
+
+def _database(home: Path, port: int, running: ExitStack) -> str:
+    if os.environ.get("DATABASE_URL"):
+        url = os.environ["DATABASE_URL"]
+        console.print("Using the database at DATABASE_URL.")
+    else:
+        server = PostgresServer(base_dir=home / "postgres", port=port).start()
+        running.callback(server.stop)
+        url = server.create_database("threeport")
+        console.print(f"PostgreSQL on 127.0.0.1:{port} (data in {server.data_dir}).")
+    database = database_from_url(url)
+    try:
+        applied = migrate(database)
     finally:
-        if server is not None:
-            server.stop()
-        console.print("Stopped.")
+        database.close_all()
+    if applied:
+        console.print(f"Migrated: {', '.join(applied)}.")
+    return url
+
+
+def _token(home: Path) -> str:
+    """THREEPORT_API_TOKEN, else the one saved by an earlier run, else a new one."""
+    if os.environ.get("THREEPORT_API_TOKEN"):
+        return os.environ["THREEPORT_API_TOKEN"]
+    saved = _load_config(home).get("token")
+    return saved or secrets.token_urlsafe(32)
+
+
+def _load_config(home: Path) -> dict:
+    try:
+        return json.loads((home / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_config(home: Path, *, api_url: str, token: str) -> None:
+    path = home / CONFIG_FILE
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(json.dumps({"api_url": api_url, "token": token}, indent=2) + "\n")
+
+
+def _has_command(name: str) -> bool:
+    from .main import app
+
+    return any(c.name == name for c in app.registered_commands)
+
+
+def _spawn(args: list[str], env: dict, running: ExitStack) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, cwd=_project_root())
+    running.callback(_stop_process, proc)
+    return proc
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for(url: str, signals: list[int], children: list[subprocess.Popen], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not signals:
+        if any(c.poll() is not None for c in children):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _project_root() -> Optional[str]:
+    root = Path(__file__).resolve().parent.parent
+    return str(root) if (root / "cli").is_dir() else None
+

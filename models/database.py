@@ -55,7 +55,7 @@ def database_from_url(
     """
     scheme, separator, rest = url.partition("://")
     if not separator or scheme not in _POSTGRES_SCHEMES + _COCKROACH_SCHEMES:
-        raise ConfigurationError(f"unsupported database URL {_redact(url)!r}: use postgresql://… or cockroachdb://…")
+        raise ConfigurationError(f"unsupported database URL {redact_url(url)!r}: use postgresql://… or cockroachdb://…")
     pool = {"max_connections": max_connections, "stale_timeout": stale_timeout, "timeout": wait_timeout}
     dsn = "postgresql://" + rest
     if scheme in _COCKROACH_SCHEMES:
@@ -68,7 +68,7 @@ def bind(database: peewee.Database | None) -> None:
     db.initialize(database)
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """``url`` without a password, fit for an error message."""
     scheme, separator, rest = url.partition("://")
     credentials, at, location = rest.rpartition("@")
