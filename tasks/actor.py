@@ -1,0 +1,194 @@
+"""The reconcile actor: lock, load, decide, call the kind's reconciler, write status, unlock.
+
+One Dramatiq actor named ``reconcile`` serves every kind. Outbox rows route
+its messages to the kind's queue (``workloads``, ``aws``, …);
+:func:`declare_actors` declares the actor once and every kind's queue, and a
+Dramatiq worker looks an actor up by the message's actor name whatever queue
+it came from, so one actor consumes them all.
+
+Requeueing without spending the retry budget (a held lock, a
+:class:`~tasks.errors.TemporaryError`) is done by enqueueing a fresh message
+for the same object with a delay and returning normally: Dramatiq's ``Retry``
+exception would count against ``max_retries``. The fresh message carries
+``requeues`` (how many times in a row it was put back) for the lock backoff.
+Any other exception is written into the object's status and re-raised, so
+Dramatiq's Retries middleware retries it with backoff and, at the end,
+dead-letters it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from typing import Iterable, Optional
+
+import dramatiq
+from dramatiq.message import Message
+
+from models import registry, store
+from models.base import ReconciledModel
+from models.errors import NotFound
+from workers.broker import JetStreamBroker
+from workers.errors import LockError, LockLost
+from workers.locks import Lease, LockManager
+
+from .errors import PermanentError, TemporaryError
+from .reconcilers import reconciler_for
+
+__all__ = ["ACTOR_NAME", "ReconcileActor", "declare_actors"]
+
+logger = logging.getLogger(__name__)
+
+ACTOR_NAME = "reconcile"
+#: Seconds an object's lock lives unless renewed (renewed every third of it).
+LOCK_TTL = 30.0
+#: Backoff of a message whose object is locked: first delay and ceiling, in seconds.
+LOCKED_BACKOFF = (0.25, 10.0)
+
+
+class ReconcileActor:
+    """The actor's body, bound to a broker and a lock manager (see :func:`declare_actors`)."""
+
+    def __init__(self, broker: JetStreamBroker, locks: LockManager, *, lock_ttl: float = LOCK_TTL) -> None:
+        self.broker = broker
+        self.locks = locks
+        self.lock_ttl = lock_ttl
+
+    def __call__(self, kind: str, object_id: str, generation: int, requeues: int = 0) -> None:
+        try:
+            model = registry.by_kind(kind)
+            object_uuid = uuid.UUID(str(object_id))
+        except (NotFound, ValueError):  # no retry can make a bad message good
+            logger.error("Dropping a reconcile of unknown %s %r.", kind, object_id)
+            return
+        lease = self.locks.acquire(f"{kind}.{object_uuid}", self.lock_ttl)
+        if lease is None:  # someone is reconciling it: come back shortly
+            self.requeue(model, object_id, generation, requeues=requeues, delay=_locked_backoff(requeues))
+            return
+        renewer = _Renewer(lease)
+        renewer.start()
+        try:
+            self._reconcile(model, object_id, requeues)
+        finally:
+            renewer.stop()
+            lease.release()
+        if renewer.lost:
+            logger.warning("Lost the lock of %s %s while reconciling it.", kind, object_id)
+
+    def requeue(
+        self, model: type[ReconciledModel], object_id: str, generation: int, *, requeues: int, delay: float
+    ) -> None:
+        """Enqueue the object's reconcile again in ``delay`` seconds (no retry budget spent)."""
+        kwargs = {"kind": model.kind, "object_id": str(object_id), "generation": generation, "requeues": requeues + 1}
+        message = Message(queue_name=model.queue, actor_name=model.actor, args=(), kwargs=kwargs, options={})
+        self.broker.enqueue(message, delay=max(1, int(delay * 1000)))
+
+    def _reconcile(self, model: type[ReconciledModel], object_id: str, requeues: int) -> None:
+        try:
+            obj = store.get(model, object_id)
+        except NotFound:
+            return  # deleted meanwhile: nothing to do
+        generation = obj.generation
+        reconciler = reconciler_for(model.kind)
+        deleting = obj.deletion_scheduled is not None
+        if not deleting and obj.observed_generation >= generation:
+            return  # this generation was reconciled already (a duplicate or late message)
+
+        def status(phase: str, message: str, **flags) -> None:
+            outcome = {"phase": phase, "message": message}
+            store.write_status(model, obj.id, generation=generation, status=outcome, **flags)
+
+        try:
+            if deleting:
+                if reconciler is not None:
+                    reconciler.delete(obj)
+                store.confirm_deletion(model, obj.id)
+                return
+            if reconciler is None:
+                raise PermanentError(f"no reconciler for kind {model.kind}")
+            reconciler.reconcile(obj)
+        except NotFound:
+            return  # deleted while being reconciled
+        except TemporaryError as exc:
+            status("Waiting", exc.message or type(exc).__name__, observed=False)
+            self.requeue(model, object_id, generation, requeues=requeues, delay=exc.delay)
+            return
+        except PermanentError as exc:
+            flags = {} if deleting else {"creation_failed": True, "reconciled": False}
+            status("Failed", exc.message or type(exc).__name__, **flags)
+            return
+        except Exception as exc:
+            try:
+                status("Failed", f"{type(exc).__name__}: {exc} (retrying)", observed=False)
+            except Exception:
+                logger.exception("Could not record the failure of %s %s.", model.kind, obj.id)
+            raise
+        status("Reconciled", "", reconciled=True, creation_failed=False)
+
+
+class _Renewer(threading.Thread):
+    """Renews a lease every third of its TTL until stopped, or until the lease is lost."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__(name=f"renew {lease.key}", daemon=True)
+        self.lease = lease
+        self.lost = False
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.lease.ttl / 3):
+            try:
+                self.lease.renew()
+            except LockLost:
+                self.lost = True
+                return
+            except LockError:
+                logger.warning("Could not renew %r; trying again.", self.lease.key, exc_info=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()
+
+
+def _locked_backoff(requeues: int) -> float:
+    first, ceiling = LOCKED_BACKOFF
+    return min(ceiling, first * 2 ** min(requeues, 16)) * random.uniform(0.8, 1.2)
+
+
+def declare_actors(
+    broker: JetStreamBroker,
+    queues: Optional[Iterable[str]] = None,
+    *,
+    locks: Optional[LockManager] = None,
+    lock_ttl: float = LOCK_TTL,
+    max_retries: int = 8,
+    min_backoff: int = 1000,
+    max_backoff: int = 300_000,
+) -> dramatiq.Actor:
+    """Declare the ``reconcile`` actor on ``broker`` and the queues it serves (every kind's by default).
+
+    ``locks`` defaults to the bucket ``locks`` on the broker's connection.
+    ``max_retries`` and the backoffs (milliseconds) apply to unexpected errors only.
+    """
+    locks = locks or LockManager(connection=broker.connection)
+    body = ReconcileActor(broker, locks, lock_ttl=lock_ttl)
+    kinds = registry.kinds()
+    queues = list(queues) if queues is not None else sorted({model.queue for model in kinds})
+
+    def reconcile(kind: str, object_id: str, generation: int, requeues: int = 0) -> None:
+        body(kind, object_id, generation, requeues)
+
+    actor = dramatiq.actor(
+        reconcile,
+        actor_name=ACTOR_NAME,
+        queue_name=queues[0] if queues else "default",
+        broker=broker,
+        max_retries=max_retries,
+        min_backoff=min_backoff,
+        max_backoff=max_backoff,
+    )
+    for queue in queues:
+        broker.declare_queue(queue)
+    return actor

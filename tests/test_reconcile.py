@@ -1,0 +1,250 @@
+"""The reconcile actor end to end: real PostgreSQL, real NATS, a real Dramatiq worker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from dramatiq import Worker
+
+from models import Outbox, WorkloadDefinition, WorkloadResourceDefinition, store
+from tasks import reconcilers
+from tasks.actor import _Renewer, declare_actors
+from tasks.errors import DependencyNotReady, PermanentError
+from tasks.workloads import parse_documents
+from workers.locks import LockManager
+from workers.outbox_relay import message_for, publish_rows
+
+YAML = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+"""
+
+
+@pytest.fixture
+def locks(broker, prefix):
+    manager = LockManager(connection=broker.connection, bucket=f"locks_{prefix}")
+    yield manager
+
+    async def drop():
+        js = await broker.connection.jetstream()
+        try:
+            await js.delete_stream(f"KV_locks_{prefix}")
+        except Exception:
+            pass  # the test never touched the bucket
+
+    broker.connection.run(drop, doing="drop lock bucket", timeout=10)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the WorkloadDefinition reconciler's runs; ``calls.fail`` makes the next runs raise."""
+    real = reconcilers.reconciler_for(WorkloadDefinition.kind)
+
+    class Calls:
+        count = 0
+        fail: list[BaseException] = []
+
+    def counting(obj):
+        Calls.count += 1
+        if Calls.fail:
+            raise Calls.fail.pop(0)
+        real.reconcile(obj)
+
+    monkeypatch.setitem(
+        reconcilers._registry, WorkloadDefinition.kind, reconcilers.Reconciler(reconcile=counting, delete=real.delete)
+    )
+    return Calls
+
+
+@pytest.fixture
+def reconciling(database, broker, locks, calls):
+    """The reconcile actor declared on the broker, and a worker running it."""
+    declare_actors(broker, locks=locks, min_backoff=200, max_backoff=1000)
+    worker = Worker(broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def create(broker, name="web", yaml=YAML) -> WorkloadDefinition:
+    written = store.create(WorkloadDefinition, {"name": name, "yaml_document": yaml})
+    publish_rows(broker, written.outbox)
+    return written.obj
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def observed(obj_id, generation=1) -> WorkloadDefinition | None:
+    current = store.get(WorkloadDefinition, obj_id)
+    return current if current.observed_generation >= generation else None
+
+
+def resource_names(obj_id) -> list[str]:
+    table = WorkloadResourceDefinition
+    return [r.name for r in table.select().where(table.workload_definition == obj_id).order_by(table.position)]
+
+
+def test_a_created_definition_is_reconciled_and_an_update_is_observed(broker, reconciling, calls):
+    # Given a WorkloadDefinition created and published
+    obj = create(broker)
+
+    # Then it is reconciled within seconds, one resource row per document
+    done = wait_for(lambda: observed(obj.id))
+    assert (done.status, done.reconciled, done.creation_failed) == ({"phase": "Reconciled", "message": ""}, True, False)
+    assert resource_names(obj.id) == ["ConfigMap/web", "Deployment/web"]
+
+    # When its YAML changes
+    written = store.update(WorkloadDefinition, obj.id, {"yaml_document": YAML.split("---")[1]})
+    publish_rows(broker, written.outbox)
+
+    # Then the new generation is observed and the rows follow the YAML
+    assert wait_for(lambda: observed(obj.id, 2)).generation == 2
+    assert resource_names(obj.id) == ["Deployment/web"]
+    assert calls.count == 2
+
+
+def test_invalid_yaml_fails_permanently_without_burning_retries(broker, reconciling, calls):
+    # Given a definition whose YAML does not parse
+    obj = create(broker, yaml="kind: [unclosed\n")
+
+    # Then the object shows the parser's message and creation_failed
+    done = wait_for(lambda: observed(obj.id))
+    assert done.status["phase"] == "Failed"
+    assert "invalid YAML" in done.status["message"] and "flow sequence" in done.status["message"]
+    assert done.creation_failed and not done.reconciled
+
+    # And the reconciler ran once: no retry, nothing dead-lettered
+    time.sleep(1.0)
+    assert calls.count == 1
+    stats = broker.queue_stats("workloads")
+    assert (stats.ready, stats.delayed, stats.dead) == (0, 0, 0)
+
+
+def test_a_message_delivered_twice_reconciles_once(broker, reconciling, calls):
+    # Given an object whose reconcile message is enqueued twice (distinct Nats-Msg-Ids)
+    written = store.create(WorkloadDefinition, {"name": "twice", "yaml_document": YAML})
+    broker.enqueue(message_for(written.outbox[0]))
+    broker.enqueue(message_for(written.outbox[0]))
+
+    # Then the generation is observed, and the reconciler ran only once
+    wait_for(lambda: observed(written.obj.id))
+    time.sleep(1.5)
+    assert calls.count == 1
+
+
+def test_a_scheduled_deletion_removes_the_row(broker, reconciling):
+    # Given a reconciled definition
+    obj = create(broker)
+    wait_for(lambda: observed(obj.id))
+
+    # When its deletion is scheduled and published
+    publish_rows(broker, store.schedule_deletion(WorkloadDefinition, obj.id).outbox)
+
+    # Then the row and its resource rows go
+    wait_for(lambda: WorkloadDefinition.get_or_none(WorkloadDefinition.id == obj.id) is None)
+    assert resource_names(obj.id) == []
+
+
+def test_a_held_lock_requeues_until_released(broker, reconciling, locks, calls):
+    # Given someone else holds the object's lock
+    written = store.create(WorkloadDefinition, {"name": "locked", "yaml_document": YAML})
+    lease = locks.acquire(f"WorkloadDefinition.{written.obj.id}", ttl=30)
+
+    # When its reconcile is published, then it waits without running or failing
+    publish_rows(broker, written.outbox)
+    time.sleep(1.5)
+    assert calls.count == 0 and not observed(written.obj.id)
+
+    # When the lock is released, then the object is reconciled, with no retry spent
+    lease.release()
+    done = wait_for(lambda: observed(written.obj.id))
+    assert done.status["phase"] == "Reconciled" and calls.count == 1
+    assert broker.queue_stats("workloads").dead == 0
+
+
+def test_a_temporary_error_waits_then_reconciles(broker, reconciling, calls):
+    # Given a reconciler whose dependency is not ready the first time
+    calls.fail = [DependencyNotReady("the cluster is not ready", delay=0.5)]
+
+    # When a definition is created, then it ends reconciled after a second run
+    obj = create(broker)
+    assert wait_for(lambda: observed(obj.id)).status["phase"] == "Reconciled"
+    assert calls.count == 2
+
+
+def test_an_unexpected_error_is_shown_and_retried(broker, reconciling, calls):
+    # Given a reconciler that crashes twice
+    calls.fail = [RuntimeError("boom"), RuntimeError("boom")]
+
+    # When a definition is created, then its status shows the crash while it is retried
+    obj = create(broker)
+    failing = wait_for(lambda: store.get(WorkloadDefinition, obj.id).status.get("message", "").startswith("Runtime"))
+    assert failing  # observed_generation stays 0 meanwhile
+    # And Dramatiq's retries reconcile it in the end
+    assert wait_for(lambda: observed(obj.id)).status["phase"] == "Reconciled"
+    assert calls.count == 3
+
+
+def test_the_lock_is_renewed_while_the_reconciler_runs(locks):
+    # Given a 1-second lease renewed in the background
+    lease = locks.acquire("WorkloadDefinition.renewed", ttl=1.5)
+    renewer = _Renewer(lease)
+    renewer.start()
+
+    # When it is held past its TTL, then it is still ours
+    time.sleep(2.5)
+    renewer.stop()
+    assert not renewer.lost and locks.holder_of("WorkloadDefinition.renewed")["revision"] == lease.revision
+    assert lease.release()
+
+
+@pytest.mark.parametrize(
+    "yaml, error",
+    [
+        ("- a list\n", "document 0 is not a mapping"),
+        ("apiVersion: v1\nkind: X\nmetadata:\n  name: a\n---\nkind: Y\n", "document 1 has no apiVersion, metadata"),
+        ("", "the YAML holds no document"),
+        ("a: b: c\n", "invalid YAML: mapping values are not allowed here"),
+    ],
+)
+def test_bad_documents_are_permanent_errors_naming_what_is_wrong(yaml, error):
+    with pytest.raises(PermanentError, match=error):
+        parse_documents(yaml)
+
+
+def test_outbox_rows_are_gone_after_the_fast_path(broker, reconciling):
+    create(broker)
+    assert Outbox.select().count() == 0
+
+
+def test_one_actor_serves_every_queue_it_is_declared_on(database, broker, locks, calls):
+    # Given the actor declared on "default", also consuming the kind's queue "workloads"
+    actor = declare_actors(broker, ["default", "workloads"], locks=locks)
+    worker = Worker(broker, worker_timeout=100, worker_threads=2)
+    worker.start()
+    try:
+        # When a reconcile message arrives on "workloads"
+        obj = create(broker)
+
+        # Then the one "reconcile" actor runs it
+        assert actor.queue_name == "default" and broker.get_declared_queues() >= {"default", "workloads"}
+        assert wait_for(lambda: observed(obj.id)).status["phase"] == "Reconciled"
+        assert calls.count == 1
+    finally:
+        worker.stop()
