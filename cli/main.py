@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from . import api, migrate, queues, up
+from . import api, migrate, queues, up, worker
 
 app = typer.Typer(
     name="threeport",
@@ -21,6 +21,7 @@ app.add_typer(queues.app, name="queues")
 app.command("up")(up.up)
 app.command("api")(api.serve)
 app.command("migrate")(migrate.run)
+app.command("worker")(worker.run)
 
 
 def main() -> None:

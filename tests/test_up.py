@@ -19,6 +19,7 @@ import pytest
 from cli.local_servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+YAML = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n"
 
 
 def call(method: str, url: str, token: str, body: dict | None = None) -> dict:
@@ -71,10 +72,19 @@ def test_up_runs_everything_stops_cleanly_and_keeps_its_data(home):
     ports = {"nats": free_port(), "postgres": free_port(), "api": free_port()}
     proc, api_url, token = start(home, ports)
     try:
-        # When an object is created through the API it printed
-        created = call("POST", f"{api_url}/v0/workload-definitions", token, {"name": "web", "yaml_document": "a: 1"})
+        # When a WorkloadDefinition is created through the API it printed
+        created = call("POST", f"{api_url}/v0/workload-definitions", token, {"name": "web", "yaml_document": YAML})
         assert created["generation"] == 1
         assert (home / "config.json").stat().st_mode & 0o777 == 0o600
+
+        # Then the workers reconcile it within seconds
+        deadline = time.monotonic() + 30
+        while (seen := call("GET", f"{api_url}/v0/workload-definitions/{created['id']}", token))[
+            "observed_generation"
+        ] != 1:
+            assert time.monotonic() < deadline, f"never reconciled: {seen['status']}"
+            time.sleep(0.1)
+        assert seen["status"]["phase"] == "Reconciled" and seen["reconciled"] is True
     finally:
         # And it is stopped with SIGTERM
         assert stop(proc) == 0
