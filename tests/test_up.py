@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +30,15 @@ def call(method: str, url: str, token: str, body: dict | None = None) -> dict:
         request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+def status_of(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def listening(port: int) -> bool:
@@ -85,6 +95,14 @@ def test_up_runs_everything_stops_cleanly_and_keeps_its_data(home):
             assert time.monotonic() < deadline, f"never reconciled: {seen['status']}"
             time.sleep(0.1)
         assert seen["status"]["phase"] == "Reconciled" and seen["reconciled"] is True
+
+        # And a second object, deleted, answers 202 and is gone once the reconciler confirms
+        doomed = call("POST", f"{api_url}/v0/workload-definitions", token, {"name": "gone", "yaml_document": YAML})
+        assert call("DELETE", f"{api_url}/v0/workload-definitions/{doomed['id']}", token)["deletion_scheduled"]
+        deadline = time.monotonic() + 30
+        while status_of(f"{api_url}/v0/workload-definitions/{doomed['id']}", token) != 404:
+            assert time.monotonic() < deadline, "a deleted object never went away"
+            time.sleep(0.1)
     finally:
         # And it is stopped with SIGTERM
         assert stop(proc) == 0
