@@ -72,7 +72,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -93,7 +92,7 @@ from dramatiq.broker import Broker  # noqa: E402
 from dramatiq.common import dq_name, xq_name  # noqa: E402
 from dramatiq.message import Message  # noqa: E402
 
-from cli.local_servers import NatsServer, ServerError, free_port  # noqa: E402
+from cli.local_servers import NatsServer, ServerError, free_port, wait_for_port  # noqa: E402
 from workers.broker import JetStreamBroker  # noqa: E402
 
 WARMUP = 200  # messages sent (and flushed) before each timed enqueue: streams/queues exist, paths are warm
@@ -289,7 +288,7 @@ class RabbitServer:
                     env=env,
                     start_new_session=True,
                 )
-                _wait_port(epmd_port, 5)
+                wait_for_port(epmd_port, 5)
             self.proc = subprocess.Popen(
                 [binary], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.base, start_new_session=True
             )
@@ -297,7 +296,7 @@ class RabbitServer:
 
         deadline = time.monotonic() + timeout
         try:
-            _wait_port(self.port, timeout, self.proc)
+            wait_for_port(self.port, timeout, self.proc)
         except ServerError as exc:
             raise ServerError(f"rabbitmq-server: {exc}:\n{_tail(self.log_path)}") from None
         while True:
@@ -366,7 +365,7 @@ class RedisServer:
             start_new_session=True,
         )
         try:
-            _wait_port(self.port, timeout, self.proc)
+            wait_for_port(self.port, timeout, self.proc)
         except ServerError as exc:
             raise ServerError(f"{exc}\n{_tail(log_path)}") from None
         return self
@@ -376,19 +375,6 @@ class RedisServer:
 
     def pids(self) -> set[int]:
         return {self.proc.pid} if self.proc else set()
-
-
-def _wait_port(port: int, timeout: float, proc: Optional[subprocess.Popen] = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise ServerError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise ServerError(f"nothing listened on {port} within {timeout:.0f}s")
 
 
 # Raw nats-py ceilings ----------------------------------------------------------------------

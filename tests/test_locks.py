@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from nats.js.errors import NotFoundError
 
 from workers.errors import InvalidName, LockHeld, LockLost
 from workers.locks import LockManager
@@ -28,15 +27,7 @@ def bucket() -> str:
 def locks(nats_server, bucket):
     manager = LockManager(nats_server.url, bucket=bucket)
     yield manager
-
-    async def drop():
-        js = await manager.connection.jetstream()
-        try:
-            await js.delete_stream(f"KV_{bucket}")
-        except NotFoundError:
-            pass  # this test never touched the bucket
-
-    manager.connection.run(drop, doing="drop bucket")
+    manager.delete_bucket()
     manager.close()
 
 

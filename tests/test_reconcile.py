@@ -32,15 +32,7 @@ metadata:
 def locks(broker, prefix):
     manager = LockManager(connection=broker.connection, bucket=f"locks_{prefix}")
     yield manager
-
-    async def drop():
-        js = await broker.connection.jetstream()
-        try:
-            await js.delete_stream(f"KV_locks_{prefix}")
-        except Exception:
-            pass  # the test never touched the bucket
-
-    broker.connection.run(drop, doing="drop lock bucket", timeout=10)
+    manager.delete_bucket()
 
 
 @pytest.fixture

@@ -132,6 +132,20 @@ class LockManager:
         """Who holds ``key`` (host and pid), or None if nobody does."""
         return self._call(lambda: self._holder_of(_check_key(key)), f"read {key!r}")
 
+    def delete_bucket(self) -> bool:
+        """Delete the whole bucket (every lock in it); whether it existed."""
+
+        async def delete() -> bool:
+            js = await self.connection.jetstream()
+            try:
+                await js.delete_stream(self._stream)
+            except nats.js.errors.NotFoundError:
+                return False
+            self._ready = False
+            return True
+
+        return self._call(delete, f"delete bucket {self.bucket!r}")
+
     def close(self) -> None:
         self.connection.close_sync()
 

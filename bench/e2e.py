@@ -1,0 +1,559 @@
+"""End to end: objects created over HTTP per second and create→reconciled latency (issue 3).
+
+For each worker-process count (``--workers``, default ``1,2``) it starts the
+whole control plane with ``python -m cli.main up`` as a subprocess, on free
+ports with a fresh ``THREEPORT_HOME`` (``THREEPORT_WORKER_PROCESSES=N``,
+``THREEPORT_WORKER_THREADS=--worker-threads``, default 8), waits for
+"API listening" and reads the token from ``$THREEPORT_HOME/config.json``. Then:
+
+* **create**: ``--clients`` threads (default 16), each with its own keep-alive
+  ``http.client`` connection, ``POST /v0/workload-definitions`` N objects
+  (``--objects``, default 2,000) with distinct names and a one-document YAML
+  (a no-op-ish reconcile). Each POST's send time is recorded.
+* **reconciled**: meanwhile one poller thread reads
+  ``GET /v0/workload-definitions?limit=1000&after=…`` page by page every
+  ``--poll-ms`` (default 20 ms) and records, per object, the first time it shows
+  ``observed_generation >= 1``. It starts each scan after the longest prefix of
+  objects already seen reconciled (a cursor computed from the last one), and
+  rescans from the start every second in case a slow transaction committed an
+  object behind that cursor.
+
+Latency is that first-seen time (when the page's response arrived) minus the
+POST's send time, so it is an upper bound with a resolution of about one poll
+interval plus one page fetch (~20–50 ms): a p50 near 50 ms cannot be told from
+one a poll interval lower. The poller is itself load on the API and the database.
+
+Printed per worker count: create rate (objects/s from the first POST sent to
+the last answered), sustained reconcile rate (objects reconciled ÷ time from
+the first POST sent to the last object seen reconciled), latency
+p50/p90/p99/max, and errors (any answer but 201, or a failed request); then the
+goals: ≥ 300 reconciles/s sustained and p50 create→reconciled ≤ 50 ms.
+
+Run::
+
+    .venv/bin/python bench/e2e.py
+    .venv/bin/python bench/e2e.py --objects 5000 --workers 1,2,4
+    .venv/bin/python bench/e2e.py --json > e2e.json      # tables go to stderr
+
+It is a benchmark, not a test: it exits 0 whatever the figures (1 when the
+control plane cannot be started). ``up`` is stopped with SIGTERM after each
+pass; the script then checks that nothing listens on its ports any more and that
+no process it started is left (killing and reporting any that are), and deletes
+the temporary home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cli.local_servers import free_port  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PATH = "/v0/workload-definitions"
+YAML = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n"
+GOAL_RATE = 300.0  # reconciles/s sustained
+GOAL_P50_MS = 50.0  # create→reconciled
+
+
+def say(text: str = "") -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[index]
+
+
+# Processes ------------------------------------------------------------------------------------
+
+
+def _proc_table() -> list[tuple[int, str, int, int]]:
+    """(pid, state, ppid, pgrp) of every process, from /proc."""
+    rows = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        rows.append((int(entry.name), fields[0], int(fields[1]), int(fields[2])))
+    return rows
+
+
+def _descendants(root: int) -> set[int]:
+    table = _proc_table()
+    found, frontier = set(), {root}
+    while frontier:
+        children = {pid for pid, state, ppid, _ in table if ppid in frontier and state != "Z"}
+        children -= found
+        found |= children
+        frontier = children
+    return found
+
+
+def _become_subreaper() -> None:
+    """Adopt orphaned descendants, so a process `up` loses track of is still ours to find and stop."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap_zombies() -> None:
+    me = os.getpid()
+    for pid, state, ppid, _ in _proc_table():
+        if ppid == me and state == "Z":
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class System:
+    """`python -m cli.main up` on free ports with a fresh home."""
+
+    def __init__(self, processes: int, threads: int) -> None:
+        self.processes, self.threads = processes, threads
+        self.home = Path(tempfile.mkdtemp(prefix="threeport-e2e-"))
+        self.home.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+        self.ports = {"nats": free_port(), "postgres": free_port(), "api": free_port()}
+        self.proc: Optional[subprocess.Popen] = None
+        self.output: list[str] = []
+        self.api_url = self.token = ""
+
+    def start(self, timeout: float = 120.0) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "THREEPORT_API_TOKEN")}
+        env.update(
+            THREEPORT_HOME=str(self.home),
+            THREEPORT_NATS_PORT=str(self.ports["nats"]),
+            THREEPORT_POSTGRES_PORT=str(self.ports["postgres"]),
+            THREEPORT_API_PORT=str(self.ports["api"]),
+            THREEPORT_WORKER_PROCESSES=str(self.processes),
+            THREEPORT_WORKER_THREADS=str(self.threads),
+            COLUMNS="200",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "up"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own group: Ctrl-C here does not reach it; we stop it
+        )
+        ready = threading.Event()
+
+        def drain() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line.rstrip("\n"))
+                if "API listening on" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True, name="up-output").start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
+            raise RuntimeError("threeport up did not come up:\n" + "\n".join(self.output[-30:]))
+        config = json.loads((self.home / "config.json").read_text())
+        self.api_url, self.token = config["api_url"], config["token"]
+
+    def stop(self, timeout: float = 90.0) -> dict[str, Any]:
+        """SIGTERM `up`, wait, then check ports and processes; kill and report whatever is left."""
+        out: dict[str, Any] = {"exit_code": None, "killed": [], "ports_still_listening": []}
+        if self.proc is None:
+            shutil.rmtree(self.home, ignore_errors=True)
+            return out
+        pgid = self.proc.pid
+        tree = _descendants(self.proc.pid)
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                say(f"  threeport up did not stop within {timeout:.0f}s; killing its process group")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                self.proc.wait()
+        out["exit_code"] = self.proc.returncode
+        out["stop_seconds"] = round(time.monotonic() - started, 2)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            _reap_zombies()
+            left = self._left(pgid, tree)
+            busy = [name for name, port in self.ports.items() if listening(port)]
+            if not left and not busy:
+                break
+            time.sleep(0.2)
+        left = self._left(pgid, tree)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            out["killed"].append(pid)
+        if left:
+            time.sleep(0.5)
+            _reap_zombies()
+        out["ports_still_listening"] = [f"{name}:{port}" for name, port in self.ports.items() if listening(port)]
+        shutil.rmtree(self.home, ignore_errors=True)
+        return out
+
+    @staticmethod
+    def _left(pgid: int, tree: set[int]) -> list[int]:
+        """Live processes that came from `up`: its group, its former descendants, orphans adopted by us."""
+        me = os.getpid()
+        return sorted(
+            pid
+            for pid, state, ppid, pgrp in _proc_table()
+            if state != "Z" and pid != me and (pgrp == pgid or pid in tree or ppid == me)
+        )
+
+
+# Load -----------------------------------------------------------------------------------------
+
+
+class Client:
+    """One keep-alive connection; reconnects once when the server closed it."""
+
+    def __init__(self, api_url: str, token: str) -> None:
+        host, port = api_url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            try:
+                self.conn.request(method, path, body=body, headers=self.headers)
+                response = self.conn.getresponse()
+                return response.status, response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _cursor(item: dict[str, Any]) -> str:
+    """The keyset cursor after ``item``, as the API encodes it (created_at|id, urlsafe base64)."""
+    raw = f"{item['created_at']}|{item['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def measure(system: System, n: int, clients: int, poll_ms: float, settle: float) -> dict[str, Any]:
+    prefix = "e2e-" + uuid.uuid4().hex[:6]
+    names = [f"{prefix}-{i:06d}" for i in range(n)]
+    sent: dict[str, float] = {}
+    answered: dict[str, float] = {}
+    created: set[str] = set()
+    errors: dict[str, int] = {}
+    seen: dict[str, float] = {}
+    lock = threading.Lock()
+    counter = itertools.count()
+    posting_done = threading.Event()
+    stop_polling = threading.Event()
+    poll_stats = {"scans": 0, "pages": 0, "page_seconds": 0.0, "full_rescans": 0}
+
+    def post_loop() -> None:
+        client = Client(system.api_url, system.token)
+        try:
+            while (i := next(counter)) < n:
+                name = names[i]
+                body = json.dumps({"name": name, "yaml_document": YAML.format(name=name)}).encode()
+                t0 = time.monotonic()
+                sent[name] = t0
+                try:
+                    status, _ = client.request("POST", PATH, body)
+                except Exception as exc:  # a failed request is an error, not the end of the run
+                    key = type(exc).__name__
+                else:
+                    key = None if status == 201 else str(status)
+                answered[name] = time.monotonic()
+                with lock:
+                    if key is None:
+                        created.add(name)
+                    else:
+                        errors[key] = errors.get(key, 0) + 1
+        finally:
+            client.close()
+
+    def poll_loop() -> None:
+        client = Client(system.api_url, system.token)
+        frontier: Optional[str] = None  # cursor after the longest prefix seen reconciled
+        last_full = time.monotonic()
+        try:
+            while not stop_polling.is_set():
+                scan_start = time.monotonic()
+                full = scan_start - last_full >= 1.0
+                if full:
+                    last_full = scan_start
+                    poll_stats["full_rescans"] += 1
+                    frontier = None
+                after = frontier
+                prefix_intact = True
+                while True:
+                    path = f"{PATH}?limit=1000" + (f"&after={after}" if after else "")
+                    t0 = time.monotonic()
+                    try:
+                        status, raw = client.request("GET", path)
+                    except Exception:
+                        status, raw = 0, b""
+                    t1 = time.monotonic()
+                    poll_stats["pages"] += 1
+                    poll_stats["page_seconds"] += t1 - t0
+                    if status != 200:
+                        break
+                    page = json.loads(raw)
+                    for item in page["items"]:
+                        done = (item.get("observed_generation") or 0) >= 1
+                        if done and item["name"] not in seen:
+                            seen[item["name"]] = t1
+                        if prefix_intact and done:
+                            frontier = _cursor(item)
+                        else:
+                            prefix_intact = False
+                    after = page["next"]
+                    if not after:
+                        break
+                poll_stats["scans"] += 1
+                if posting_done.is_set() and created and created.issubset(seen.keys()):
+                    return
+                stop_polling.wait(max(0.0, poll_ms / 1000 - (time.monotonic() - scan_start)))
+        finally:
+            client.close()
+
+    poller = threading.Thread(target=poll_loop, name="poller", daemon=True)
+    posters = [threading.Thread(target=post_loop, name=f"client-{i}", daemon=True) for i in range(clients)]
+    start = time.monotonic()
+    poller.start()
+    for t in posters:
+        t.start()
+    for t in posters:
+        t.join()
+    posting_done.set()
+    post_end = max(answered.values(), default=time.monotonic())
+    first_sent = min(sent.values(), default=start)
+    say(f"    {len(created):,} created in {post_end - first_sent:.2f}s; waiting for reconciles")
+    poller.join(settle)
+    stop_polling.set()
+    poller.join(10)
+
+    reconciled = [name for name in created if name in seen]
+    latencies = [(seen[name] - sent[name]) * 1000 for name in reconciled]
+    last_seen = max((seen[name] for name in reconciled), default=None)
+    post_seconds = post_end - first_sent
+    reconcile_seconds = (last_seen - first_sent) if last_seen is not None else None
+    ms = lambda q: percentile(latencies, q)  # noqa: E731
+    return {
+        "objects": n,
+        "created": len(created),
+        "errors": errors,
+        "error_count": sum(errors.values()),
+        "reconciled": len(reconciled),
+        "unreconciled": len(created) - len(reconciled),
+        "post_seconds": post_seconds,
+        "create_rate": len(created) / post_seconds if post_seconds > 0 else None,
+        "reconcile_seconds": reconcile_seconds,
+        "reconcile_rate": len(reconciled) / reconcile_seconds if reconcile_seconds else None,
+        "latency_ms": {"p50": ms(50), "p90": ms(90), "p99": ms(99), "max": max(latencies, default=None)},
+        "poll": {
+            **{k: v for k, v in poll_stats.items() if k != "page_seconds"},
+            "mean_page_ms": 1000 * poll_stats["page_seconds"] / poll_stats["pages"] if poll_stats["pages"] else None,
+        },
+    }
+
+
+# Report -----------------------------------------------------------------------------------------
+
+
+def _f(value: Any, fmt: str = ",.0f") -> str:
+    return "—" if not isinstance(value, (int, float)) else format(value, fmt)
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"== threeport end to end: {report['objects']:,} WorkloadDefinitions over HTTP, {report['clients']} client "
+        f"threads, {report['worker_threads']} threads per worker process, poll every {report['poll_ms']:.0f} ms "
+        f"| {report['machine']['cpus']} CPUs ==",
+        f"{'worker processes':<18}{'create/s':>10}{'reconcile/s':>13}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}{'errors':>8}{'unrec.':>8}{'load avg':>16}",
+    ]
+    for procs, data in report["runs"].items():
+        if "error" in data:
+            lines.append(f"{procs:<18}failed: {data['error'].splitlines()[0]}")
+            continue
+        lat = data["latency_ms"]
+        load = f"{data['load_before'][0]:.2f} → {data['load_after'][0]:.2f}"
+        lines.append(
+            f"{procs:<18}{_f(data['create_rate']):>10}{_f(data['reconcile_rate']):>13}{_f(lat['p50']):>9}"
+            f"{_f(lat['p90']):>9}{_f(lat['p99']):>9}{_f(lat['max']):>9}{data['error_count']:>8}"
+            f"{data['unreconciled']:>8}{load:>16}"
+        )
+    lines.append("")
+    for procs, data in report["runs"].items():
+        if "error" in data:
+            continue
+        g = data["goals"]
+        lines.append(
+            f"  {procs} worker process(es): sustained reconciles/s {_f(data['reconcile_rate']):>6}   goal ≥ "
+            f"{GOAL_RATE:.0f}   {'met' if g['rate_met'] else 'NOT met'}"
+        )
+        lines.append(
+            f"  {procs} worker process(es): p50 create→reconciled  {_f(data['latency_ms']['p50']):>6} ms goal ≤ "
+            f"{GOAL_P50_MS:.0f} ms {'met' if g['p50_met'] else 'NOT met'}"
+        )
+    lines.append("")
+    for procs, data in report["runs"].items():
+        if "error" in data:
+            continue
+        poll, stop = data["poll"], data["stop"]
+        lines.append(
+            f"  {procs}: POST phase {data['post_seconds']:.2f}s, first POST → last reconciled "
+            f"{_f(data['reconcile_seconds'], '.2f')}s; poller {poll['scans']} scans, {poll['pages']} pages, "
+            f"mean page {_f(poll['mean_page_ms'], '.1f')} ms; errors {data['errors'] or 'none'}; "
+            f"stop: exit {stop['exit_code']} in {_f(stop.get('stop_seconds'), '.1f')}s, "
+            f"left over: {stop['killed'] or 'none'}, ports still listening: {stop['ports_still_listening'] or 'none'}"
+        )
+    lines.append("")
+    lines.extend(f"note: {note}" for note in report["notes"])
+    return "\n".join(lines)
+
+
+# Main -------------------------------------------------------------------------------------------
+
+
+def run_pass(procs: int, args: argparse.Namespace) -> dict[str, Any]:
+    say(f"\n[{procs} worker process(es)] starting threeport up ...")
+    data: dict[str, Any] = {"load_before": os.getloadavg()}
+    system = System(procs, args.worker_threads)
+    try:
+        t0 = time.monotonic()
+        system.start()
+        data["startup_seconds"] = round(time.monotonic() - t0, 2)
+        say(f"    up in {data['startup_seconds']:.1f}s at {system.api_url}; posting {args.objects:,} objects")
+        data.update(measure(system, args.objects, args.clients, args.poll_ms, args.settle))
+    except Exception as exc:
+        data["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"    failed: {data['error']}")
+    finally:
+        say("    stopping (SIGTERM) ...")
+        data["stop"] = system.stop()
+        say(
+            f"    stopped: exit {data['stop']['exit_code']}, left over {data['stop']['killed'] or 'none'}, "
+            f"ports still listening {data['stop']['ports_still_listening'] or 'none'}"
+        )
+    data["load_after"] = os.getloadavg()
+    if "error" not in data:
+        data["goals"] = {
+            "rate_met": bool(
+                data["reconcile_rate"] and data["reconcile_rate"] >= GOAL_RATE and not data["unreconciled"]
+            ),
+            "p50_met": bool(data["latency_ms"]["p50"] is not None and data["latency_ms"]["p50"] <= GOAL_P50_MS),
+        }
+    return data
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--objects", "-n", type=int, default=2_000, help="objects created per pass (default 2000)")
+    parser.add_argument("--workers", default="1,2", help="worker-process counts, comma-separated (default 1,2)")
+    parser.add_argument("--worker-threads", type=int, default=8, help="threads per worker process (default 8)")
+    parser.add_argument("--clients", type=int, default=16, help="client threads posting (default 16)")
+    parser.add_argument("--poll-ms", type=float, default=20.0, help="poll interval of the list endpoint (default 20)")
+    parser.add_argument(
+        "--settle", type=float, default=60.0, help="seconds to wait for reconciles after the last POST (default 60)"
+    )
+    parser.add_argument("--json", action="store_true", help="print results as JSON on stdout (tables go to stderr)")
+    args = parser.parse_args(argv)
+    try:
+        args.worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error("--workers must be comma-separated numbers")
+    if args.objects < 1 or args.clients < 1 or args.worker_threads < 1 or not args.worker_counts:
+        parser.error("--objects, --clients, --worker-threads and --workers must be positive")
+    if any(w < 1 for w in args.worker_counts) or args.poll_ms <= 0:
+        parser.error("--workers and --poll-ms must be positive")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+
+    def terminate(signum, frame):  # stop `up` on SIGTERM as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    _become_subreaper()
+    report: dict[str, Any] = {
+        "objects": args.objects,
+        "clients": args.clients,
+        "worker_threads": args.worker_threads,
+        "poll_ms": args.poll_ms,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "runs": {},
+        "notes": [
+            f"latency = first time the poller saw observed_generation >= 1 (response arrival) − POST send time; "
+            f"an upper bound, resolution ~{args.poll_ms:.0f} ms + one page fetch (see 'mean page')",
+            "reconcile/s = objects reconciled ÷ (last seen reconciled − first POST sent); create/s = objects "
+            "created ÷ (last POST answered − first POST sent)",
+            "the client, the poller, the API, PostgreSQL, NATS and the workers all share this machine's CPUs; "
+            "single runs, so expect noise",
+        ],
+    }
+    say(f"threeport e2e benchmark: {args.objects:,} objects, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}")
+    failed = False
+    try:
+        for procs in args.worker_counts:
+            report["runs"][procs] = run_pass(procs, args)
+            failed = failed or "error" in report["runs"][procs]
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    text = render(report)
+    if args.json:
+        say(text)
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(text, flush=True)
+    return 1 if failed and all("error" in r for r in report["runs"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
