@@ -13,6 +13,13 @@ and resync threads, or a gunicorn worker with up to ~30 threads. Each
 transaction checks a connection out and back in, so threads that come and
 go never strand one. Mind the server's limit (PostgreSQL's default
 ``max_connections`` is 100) when multiplying by processes.
+
+Checking a connection out must be cheap: peewee's pool pings the server
+(``SELECT 1``) on every check-out while holding the pool-wide lock, which
+serialised every transaction of a process behind one round trip (a
+reconcile makes four). The pools here check only what the driver knows
+locally; a connection the server dropped fails its next statement and is
+discarded on check-in.
 """
 
 from __future__ import annotations
@@ -25,6 +32,21 @@ from psycopg2.extensions import ISOLATION_LEVEL_SERIALIZABLE
 from .errors import ConfigurationError
 
 __all__ = ["db", "bind", "database_from_url"]
+
+
+class _CheckedLocally:
+    """Pool mix-in: a pooled connection is usable unless the driver already knows it is not."""
+
+    def _is_closed(self, conn) -> bool:
+        return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
+
+
+class PostgresPool(_CheckedLocally, PooledPostgresqlDatabase):
+    """PostgreSQL, pooled, checked out without a round trip."""
+
+
+class CockroachPool(_CheckedLocally, PooledCockroachDatabase):
+    """CockroachDB, pooled, checked out without a round trip."""
 
 #: The database of every model; :func:`bind` points it at a real one.
 db = peewee.DatabaseProxy()
@@ -59,8 +81,8 @@ def database_from_url(
     pool = {"max_connections": max_connections, "stale_timeout": stale_timeout, "timeout": wait_timeout}
     dsn = "postgresql://" + rest
     if scheme in _COCKROACH_SCHEMES:
-        return PooledCockroachDatabase(dsn, **pool)
-    return PooledPostgresqlDatabase(dsn, isolation_level=ISOLATION_LEVEL_SERIALIZABLE, **pool)
+        return CockroachPool(dsn, **pool)
+    return PostgresPool(dsn, isolation_level=ISOLATION_LEVEL_SERIALIZABLE, **pool)
 
 
 def bind(database: peewee.Database | None) -> None:

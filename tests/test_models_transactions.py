@@ -174,7 +174,7 @@ def test_a_thread_waiting_too_long_for_a_pooled_connection_is_told_so(empty_data
 )
 def test_the_url_scheme_picks_the_database(url, expected):
     database = database_from_url(url, max_connections=5)
-    assert type(database) is expected
+    assert isinstance(database, expected)
     assert database.database == "postgresql://" + url.split("://", 1)[1]
     assert database._max_connections == 5
 
@@ -183,3 +183,18 @@ def test_an_unsupported_url_is_refused_without_showing_its_password():
     with pytest.raises(ConfigurationError, match="unsupported database URL") as caught:
         database_from_url("mysql://admin:s3cret@db.example/threeport")
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_pooled_connection_is_checked_out_without_a_round_trip(database, postgres_server):
+    # Given a connection that went back to the pool, then was killed by the server
+    database.connect()
+    pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    database.close()
+    postgres_server.execute(f"SELECT pg_terminate_backend({pid})")
+
+    # When it is checked out again it is not pinged (the check is local), so its first use fails
+    with pytest.raises(StoreError):
+        run_in_transaction(lambda: database.execute_sql("SELECT 1").fetchone(), database=database, attempts=1)
+
+    # Then the dead connection is discarded, and the next transaction gets a fresh one
+    assert run_in_transaction(lambda: database.execute_sql("SELECT 1").fetchone()[0], database=database) == 1
