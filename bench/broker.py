@@ -92,6 +92,7 @@ from dramatiq.broker import Broker  # noqa: E402
 from dramatiq.common import dq_name, xq_name  # noqa: E402
 from dramatiq.message import Message  # noqa: E402
 
+from bench.processes import become_subreaper, proc_table  # noqa: E402
 from cli.local_servers import NatsServer, ServerError, free_port, wait_for_port  # noqa: E402
 from workers.broker import JetStreamBroker  # noqa: E402
 
@@ -120,21 +121,6 @@ def rate(n: int, seconds: float) -> float:
 # Local peer servers ----------------------------------------------------------------------
 
 
-def _proc_table() -> list[tuple[int, str, int, int]]:
-    """(pid, state, ppid, pgrp) of every process, from /proc (Linux); empty elsewhere."""
-    rows = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        rows.append((int(entry.name), fields[0], int(fields[1]), int(fields[2])))
-    return rows
-
-
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
@@ -142,7 +128,7 @@ def _reap(pid: int) -> None:
 
 def _group_alive(pgid: int) -> bool:
     """Whether a process of group ``pgid`` still runs; reaps the group's zombies that are ours."""
-    table = _proc_table()
+    table = proc_table()
     if not table:  # no /proc: ask the kernel (zombies count as alive here)
         try:
             os.killpg(pgid, 0)
@@ -185,20 +171,10 @@ def stop_group(proc: Optional[subprocess.Popen], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (Erlang's helper processes), so they can be reaped and stopped."""
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-
-
 def stop_orphans(known: set[int]) -> list[int]:
     """Stop and reap processes adopted from servers we started (see :func:`become_subreaper`)."""
     me, stopped = os.getpid(), []
-    for pid, state, ppid, _ in _proc_table():
+    for pid, state, ppid, _ in proc_table():
         if ppid != me or pid in known:
             continue
         if state != "Z":
@@ -218,7 +194,7 @@ def stop_orphans(known: set[int]) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _reap(pid)
-    for pid, state, ppid, _ in _proc_table():
+    for pid, state, ppid, _ in proc_table():
         if ppid == me and state == "Z" and pid not in known:
             _reap(pid)
     return stopped

@@ -66,6 +66,7 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.processes import become_subreaper, proc_table, reap_zombies  # noqa: E402
 from cli.local_servers import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,23 +91,8 @@ def percentile(values: list[float], q: float) -> Optional[float]:
 # Processes ------------------------------------------------------------------------------------
 
 
-def _proc_table() -> list[tuple[int, str, int, int]]:
-    """(pid, state, ppid, pgrp) of every process, from /proc."""
-    rows = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        rows.append((int(entry.name), fields[0], int(fields[1]), int(fields[2])))
-    return rows
-
-
 def _descendants(root: int) -> set[int]:
-    table = _proc_table()
+    table = proc_table()
     found, frontier = set(), {root}
     while frontier:
         children = {pid for pid, state, ppid, _ in table if ppid in frontier and state != "Z"}
@@ -114,24 +100,6 @@ def _descendants(root: int) -> set[int]:
         found |= children
         frontier = children
     return found
-
-
-def _become_subreaper() -> None:
-    """Adopt orphaned descendants, so a process `up` loses track of is still ours to find and stop."""
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-
-
-def _reap_zombies() -> None:
-    me = os.getpid()
-    for pid, state, ppid, _ in _proc_table():
-        if ppid == me and state == "Z":
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
 
 
 def listening(port: int) -> bool:
@@ -210,7 +178,7 @@ class System:
         out["stop_seconds"] = round(time.monotonic() - started, 2)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            _reap_zombies()
+            reap_zombies()
             left = self._left(pgid, tree)
             busy = [name for name, port in self.ports.items() if listening(port)]
             if not left and not busy:
@@ -223,7 +191,7 @@ class System:
             out["killed"].append(pid)
         if left:
             time.sleep(0.5)
-            _reap_zombies()
+            reap_zombies()
         out["ports_still_listening"] = [f"{name}:{port}" for name, port in self.ports.items() if listening(port)]
         shutil.rmtree(self.home, ignore_errors=True)
         return out
@@ -234,7 +202,7 @@ class System:
         me = os.getpid()
         return sorted(
             pid
-            for pid, state, ppid, pgrp in _proc_table()
+            for pid, state, ppid, pgrp in proc_table()
             if state != "Z" and pid != me and (pgrp == pgid or pid in tree or ppid == me)
         )
 
@@ -520,7 +488,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
-    _become_subreaper()
+    become_subreaper()
     report: dict[str, Any] = {
         "objects": args.objects,
         "clients": args.clients,
