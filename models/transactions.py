@@ -22,13 +22,14 @@ import contextlib
 import functools
 import itertools
 import random
+import sys
 import time
 from typing import Callable, Optional, TypeVar
 
 import peewee
 
 from .database import db
-from .errors import RETRYABLE, ConfigurationError, RetriesExhausted, sqlstate, translate
+from .errors import RETRYABLE, ConfigurationError, RetriesExhausted, Unavailable, sqlstate, translate
 
 __all__ = ["run_in_transaction", "transactional"]
 
@@ -62,8 +63,16 @@ def run_in_transaction(
     if database.in_transaction():
         return fn()
     try:
-        with _connection(database):
-            return _retrying(fn, database=database, attempts=attempts, base_delay=base_delay, max_delay=max_delay)
+        try:
+            with _connection(database):
+                return _retrying(fn, database=database, attempts=attempts, base_delay=base_delay, max_delay=max_delay)
+        except _DeadConnection:
+            # The pooled connection died while idle (server restart, idle kill): BEGIN
+            # failed, so nothing ran. Its check-in discarded it; run on a new one.
+            with _connection(database):
+                return _retrying(fn, database=database, attempts=attempts, base_delay=base_delay, max_delay=max_delay)
+    except _DeadConnection as dead:
+        raise Unavailable(f"the database connection was lost: {dead.__cause__}") from dead.__cause__
     except Exception as exc:
         translated = translate(exc)
         if translated is None:
@@ -87,8 +96,15 @@ def _retrying(
     fn: Callable[[], T], *, database: peewee.Database, attempts: int, base_delay: float, max_delay: float
 ) -> T:
     for attempt in itertools.count(1):
+        transaction = database.atomic()
         try:
-            with database.atomic():
+            transaction.__enter__()  # BEGIN: the first round trip on this connection
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            if sqlstate(exc) is None:  # no answer from the server: the connection is gone
+                raise _DeadConnection() from exc
+            raise
+        try:
+            with _entered(transaction):
                 return fn()
         except Exception as exc:
             if sqlstate(exc) not in RETRYABLE:
@@ -96,6 +112,22 @@ def _retrying(
             if attempt >= attempts:
                 raise RetriesExhausted(f"transaction still conflicting after {attempts} attempts: {exc}") from exc
         time.sleep(_backoff(attempt, base_delay=base_delay, max_delay=max_delay))
+
+
+class _DeadConnection(Exception):
+    """Raised when BEGIN fails without an answer from the server (the pooled connection is dead)."""
+
+
+@contextlib.contextmanager
+def _entered(transaction):
+    """Exit an already entered transaction context as ``with`` would (commit, or roll back and re-raise)."""
+    try:
+        yield
+    except BaseException:
+        if not transaction.__exit__(*sys.exc_info()):
+            raise
+    else:
+        transaction.__exit__(None, None, None)
 
 
 def _bound(database: peewee.Database) -> peewee.Database:

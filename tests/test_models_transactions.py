@@ -185,16 +185,18 @@ def test_an_unsupported_url_is_refused_without_showing_its_password():
     assert "s3cret" not in str(caught.value)
 
 
-def test_a_pooled_connection_is_checked_out_without_a_round_trip(database, postgres_server):
+def test_a_pooled_connection_killed_while_idle_is_replaced_transparently(database, postgres_server):
     # Given a connection that went back to the pool, then was killed by the server
     database.connect()
     pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
     database.close()
     postgres_server.execute(f"SELECT pg_terminate_backend({pid})")
 
-    # When it is checked out again it is not pinged (the check is local), so its first use fails
-    with pytest.raises(StoreError):
-        run_in_transaction(lambda: database.execute_sql("SELECT 1").fetchone(), database=database, attempts=1)
+    # When the next transaction checks it out (without a ping: the check is local)
+    def backend_pid():
+        return database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
 
-    # Then the dead connection is discarded, and the next transaction gets a fresh one
-    assert run_in_transaction(lambda: database.execute_sql("SELECT 1").fetchone()[0], database=database) == 1
+    backend = run_in_transaction(backend_pid, database=database)
+
+    # Then its BEGIN fails, the dead connection is discarded and the transaction runs on a new one
+    assert backend != pid
