@@ -94,6 +94,7 @@ from dramatiq.message import Message  # noqa: E402
 
 from bench.processes import become_subreaper, proc_table  # noqa: E402
 from cli.local_servers import NatsServer, ServerError, free_port, wait_for_port  # noqa: E402
+from workers.admin import QueueAdmin  # noqa: E402
 from workers.broker import JetStreamBroker  # noqa: E402
 
 WARMUP = 200  # messages sent (and flushed) before each timed enqueue: streams/queues exist, paths are warm
@@ -521,14 +522,8 @@ def jetstream_target(url: str, chunk: int) -> Target:
             broker.enqueue_many(messages[i : i + chunk])
 
     def cleanup() -> None:
-        async def delete() -> None:
-            js = await broker.connection.jetstream()
-            for info in await js.streams_info():
-                if info.config.name.startswith(prefix + "_"):
-                    await js.delete_stream(info.config.name)
-
         try:
-            broker.connection.run(delete, doing="delete bench streams", timeout=30)
+            QueueAdmin(broker).delete_streams()
         finally:
             broker.close()
 

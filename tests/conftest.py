@@ -12,6 +12,7 @@ from dramatiq import Worker
 
 from cli.local_servers import NatsCluster, NatsServer
 from workers import bridge
+from workers.admin import QueueAdmin
 from workers.broker import JetStreamBroker
 
 
@@ -74,14 +75,8 @@ def worker(broker):
 def delete_streams(broker: JetStreamBroker) -> None:
     """Delete every stream under the broker's prefix."""
 
-    async def delete() -> None:
-        js = await broker.connection.jetstream()
-        for info in await js.streams_info():
-            if info.config.name.startswith(broker.names.prefix + "_"):
-                await js.delete_stream(info.config.name)
-
     try:
-        broker.connection.run(delete, doing="delete test streams", timeout=10)
+        QueueAdmin(broker).delete_streams()
     except Exception:
         pass
 

@@ -116,3 +116,16 @@ class QueueAdmin:
             return await purge(await self.broker.connection.client(), self.names, queue)
 
         return self.broker.connection.run(purge_letters, doing=f"purge dead letters of {queue!r}")
+
+    def delete_streams(self) -> list[str]:
+        """Delete every stream under the prefix (queues, dead letters, presence): a deployment's teardown."""
+
+        async def delete() -> list[str]:
+            js = await self.broker.connection.jetstream()
+            ours = self.names.prefix + "_"
+            names = [info.config.name for info in await js.streams_info() if info.config.name.startswith(ours)]
+            for name in names:
+                await js.delete_stream(name)
+            return names
+
+        return self.broker.connection.run(delete, doing="delete streams", timeout=30)

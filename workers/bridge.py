@@ -13,7 +13,6 @@ from __future__ import annotations
 import _thread
 import asyncio
 import atexit
-import concurrent.futures
 import os
 import threading
 from typing import Any, Callable, Coroutine, Optional, TypeVar
@@ -35,10 +34,6 @@ class EventLoopThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the loop and return a thread-safe future."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: Optional[float] = None, *, eager: bool = False) -> T:
         """Run ``coro`` on the loop and wait up to ``timeout`` seconds for its result.
@@ -77,9 +72,6 @@ class EventLoopThread:
             self.loop.call_soon_threadsafe(lambda: holder and holder[0].cancel())
             raise TimeoutError(f"no answer within {timeout:.1f}s")
         return holder[0].result()
-
-    def in_loop(self) -> bool:
-        return threading.current_thread() is self._thread
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

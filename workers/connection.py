@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Awaitable, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Optional, Sequence, TypeVar
 
 import nats
 import nats.errors
@@ -152,19 +152,20 @@ class Connection:
 
     # Used from any other thread --------------------------------------------------
     def run(
-        self, fn: Callable[[], Awaitable[T]], *, doing: str, timeout: Optional[float] = None, eager: bool = False
+        self,
+        fn: Callable[[], Coroutine[Any, Any, T]],
+        *,
+        doing: str,
+        timeout: Optional[float] = None,
+        eager: bool = False,
     ) -> T:
         """Run ``fn()`` on the loop thread, translating failures into connection errors.
 
         ``eager`` steps the coroutine without a Task (see :func:`workers.bridge.drive`).
         """
         deadline = timeout if timeout is not None else self.connect_timeout + self.request_timeout
-
-        async def call() -> T:
-            return await fn()
-
         try:
-            return bridge.run(call(), deadline, eager=eager)
+            return bridge.run(fn(), deadline, eager=eager)
         except BrokerError:
             raise
         except (nats.errors.Error, TimeoutError, asyncio.TimeoutError, OSError) as exc:

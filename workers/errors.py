@@ -9,7 +9,7 @@ RabbitMQ and Redis brokers. Everything else raised here derives from
 
 from dramatiq.errors import BrokerError
 
-__all__ = ["WorkersError", "JetStreamError", "LockError", "LockHeld", "LockLost", "DeadLetterNotFound", "InvalidName"]
+__all__ = ["WorkersError", "JetStreamError", "LockError", "LockHeld", "LockLost", "InvalidName"]
 
 
 class WorkersError(Exception):
@@ -35,6 +35,3 @@ class LockHeld(LockError):
 class LockLost(LockError):
     """Raised when a lease is renewed after the key stopped being ours."""
 
-
-class DeadLetterNotFound(WorkersError):
-    """Raised when a dead letter asked for by id is not in the dead-letter stream."""
