@@ -12,15 +12,27 @@ from typing import Mapping, Optional
 
 import falcon
 
-from models import StoreError, bind, database_from_url, registry
+from models import StoreError, bind, database_from_url, registry, secrets
+from models.base import ReconciledModel, RecordModel
 from workers.broker import JetStreamBroker
 from workers.outbox_relay import publish_rows
 
 from .checks import database_check, nats_check
+from .discovery import Kinds, Version
 from .errors import handle_store_error, handle_unexpected, serialize_problem
 from .health import Check, Healthz, Readyz
 from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson
-from .resources import API_VERSION, Collection, Item, Publisher, Versions
+from .resources import (
+    API_VERSION,
+    Collection,
+    Item,
+    Publisher,
+    RecordCollection,
+    RecordItem,
+    Versions,
+    WritableRecordCollection,
+    WritableRecordItem,
+)
 from .settings import Settings
 
 __all__ = ["create_app", "get_app", "OPEN_PATHS"]
@@ -50,11 +62,23 @@ def create_app(
     app.add_error_handler(StoreError, handle_store_error)
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(checks or {}))
+    app.add_route("/version", Version())
+    app.add_route(f"/{API_VERSION}/kinds", Kinds())
     for model in registry.kinds():
-        app.add_route(f"/{API_VERSION}/{model.plural}", Collection(model, publish or _no_publish))
-        app.add_route(f"/{API_VERSION}/{model.plural}/{{object_id}}", Item(model, publish or _no_publish))
+        collection, item = _resources(model, publish or _no_publish)
+        app.add_route(f"/{API_VERSION}/{model.plural}", collection)
+        app.add_route(f"/{API_VERSION}/{model.plural}/{{object_id}}", item)
         app.add_route(f"/{model.plural}/versions", Versions(model))
     return app
+
+
+def _resources(model, publish: Publisher) -> tuple[object, object]:
+    """The collection and item resources of ``model``, by its family."""
+    if issubclass(model, ReconciledModel):
+        return Collection(model, publish), Item(model, publish)
+    if issubclass(model, RecordModel) and model.client_writable:
+        return WritableRecordCollection(model), WritableRecordItem(model)
+    return RecordCollection(model), RecordItem(model)
 
 
 def _no_publish(rows) -> None:
@@ -65,6 +89,7 @@ def get_app() -> falcon.App:
     """The app gunicorn serves, configured from the environment."""
     settings = Settings.from_env()
     bind(database_from_url(settings.database_url))
+    secrets.configure(settings.encryption_keys)
     broker = JetStreamBroker(settings.nats_url, prefix=settings.nats_prefix, name="threeport-api")
     return create_app(
         settings,

@@ -67,6 +67,7 @@ STORE_ERRORS: dict[type[store_errors.StoreError], tuple[str, str]] = {
     store_errors.InvalidObject: (falcon.HTTP_422, "Invalid Object"),
     store_errors.RetriesExhausted: (falcon.HTTP_503, "Busy"),
     store_errors.Unavailable: (falcon.HTTP_503, "Database Unavailable"),
+    store_errors.ConfigurationError: (falcon.HTTP_503, "Not Configured"),
 }
 
 

@@ -1,4 +1,4 @@
-"""One generic set of resources serves every reconciled kind.
+"""One generic set of resources serves every kind.
 
 A kind is a model in :mod:`models.registry`; its routes are
 ``/v0/<plural>`` (list, create) and ``/v0/<plural>/{id}`` (get, patch, put,
@@ -6,7 +6,12 @@ delete), plus ``/<plural>/versions``. Every write goes through
 :mod:`models.store` and, once committed, its outbox rows are published at
 once; a failed publish never fails the request (the relay publishes what is
 left). ``resource_version`` is the ETag, and ``If-Match`` makes a write
-conditional.
+conditional. Records (events, parsed documents, references) are served by
+:class:`RecordCollection` and :class:`RecordItem`: listed and read, and
+created and deleted only when the kind lets clients write it.
+
+Objects are shown by :func:`as_json` with the API names of
+:mod:`models.schema`: references as ``<name>_id``, secrets never.
 """
 
 from __future__ import annotations
@@ -19,10 +24,21 @@ from typing import Any, Callable, Optional, Sequence
 import falcon
 
 from models import store
-from models.base import ReconciledModel
+from models.base import KindModel, ReconciledModel, RecordModel
 from models.outbox import Outbox
+from models.schema import fields_of
 
-__all__ = ["Collection", "Item", "Versions", "as_json", "Publisher"]
+__all__ = [
+    "Collection",
+    "Item",
+    "RecordCollection",
+    "RecordItem",
+    "WritableRecordCollection",
+    "WritableRecordItem",
+    "Versions",
+    "as_json",
+    "Publisher",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +47,14 @@ Publisher = Callable[[Sequence[Outbox]], None]
 API_VERSION = "v0"
 
 
-def as_json(obj: ReconciledModel) -> dict[str, Any]:
-    """The object as the API shows it."""
+def as_json(obj: KindModel) -> dict[str, Any]:
+    """The object as the API shows it: fields by API name, secrets left out."""
     out: dict[str, Any] = {"kind": obj.kind}
-    for name in obj._meta.sorted_field_names:
-        value = getattr(obj, name)
+    data = obj.__data__
+    for name, info in fields_of(type(obj)).items():
+        if info.secret:
+            continue
+        value = data.get(info.field.name)
         if isinstance(value, uuid.UUID):
             value = str(value)
         elif isinstance(value, dt.datetime):
@@ -120,10 +139,47 @@ class Item(_KindResource):
         _answer(resp, self._published(written), falcon.HTTP_202)
 
 
+class RecordCollection:
+    """``/v0/<plural>`` of a record kind: list (read-only; the control plane writes these)."""
+
+    def __init__(self, model: type[RecordModel]) -> None:
+        self.model = model
+
+    on_get = Collection.on_get
+
+
+class RecordItem:
+    """``/v0/<plural>/{object_id}`` of a record kind: get."""
+
+    def __init__(self, model: type[RecordModel]) -> None:
+        self.model = model
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, object_id: str) -> None:
+        resp.media = as_json(store.get(self.model, object_id))
+
+
+class WritableRecordCollection(RecordCollection):
+    """``/v0/<plural>`` of a record kind clients may create."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        record = store.create_record(self.model, _body(req))
+        resp.location = f"/{API_VERSION}/{self.model.plural}/{record.id}"
+        resp.status = falcon.HTTP_201
+        resp.media = as_json(record)
+
+
+class WritableRecordItem(RecordItem):
+    """``/v0/<plural>/{object_id}`` of a record kind clients may delete (at once: records have no lifecycle)."""
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, object_id: str) -> None:
+        store.delete_record(self.model, object_id)
+        resp.status = falcon.HTTP_204
+
+
 class Versions:
     """``/<plural>/versions``"""
 
-    def __init__(self, model: type[ReconciledModel]) -> None:
+    def __init__(self, model: type[KindModel]) -> None:
         self.model = model
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

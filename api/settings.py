@@ -37,12 +37,14 @@ class Settings:
     token_hashes: frozenset[str] = field(default_factory=frozenset)
     #: Largest request body accepted, in bytes (413 above it).
     max_body_bytes: int = 1 << 20
+    #: Fernet keys for secret fields, comma-separated, newest first (``THREEPORT_ENCRYPTION_KEY``).
+    encryption_keys: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         """Read ``DATABASE_URL``, ``NATS_URL``, ``THREEPORT_PREFIX``, and the tokens:
         ``THREEPORT_API_TOKEN`` (plain, hashed here) and ``THREEPORT_API_TOKEN_HASHES``
-        (comma-separated SHA-256 hex digests)."""
+        (comma-separated SHA-256 hex digests), and ``THREEPORT_ENCRYPTION_KEY``."""
         hashes = {h.strip().lower() for h in env.get("THREEPORT_API_TOKEN_HASHES", "").split(",") if h.strip()}
         if env.get("THREEPORT_API_TOKEN"):
             hashes.add(hash_token(env["THREEPORT_API_TOKEN"]))
@@ -51,4 +53,5 @@ class Settings:
             nats_url=env.get("NATS_URL", DEFAULT_NATS_URL),
             nats_prefix=env.get("THREEPORT_PREFIX", "threeport"),
             token_hashes=frozenset(hashes),
+            encryption_keys=env.get("THREEPORT_ENCRYPTION_KEY", ""),
         )

@@ -4,7 +4,17 @@ Importing the package registers every built-in kind in :mod:`models.registry`.
 Writes go through :mod:`models.store`; each is one retried transaction.
 """
 
-from . import registry, store
+from . import registry, secrets, store
+from .attachments import AttachedObjectReference
+from .aws import (
+    AwsAccount,
+    AwsEksKubernetesRuntimeDefinition,
+    AwsEksKubernetesRuntimeInstance,
+    AwsObjectStorageBucketDefinition,
+    AwsObjectStorageBucketInstance,
+    AwsRelationalDatabaseDefinition,
+    AwsRelationalDatabaseInstance,
+)
 from .base import BaseModel, ReconciledModel
 from .database import bind, database_from_url, db
 from .errors import (
@@ -18,10 +28,19 @@ from .errors import (
     StoreError,
     Unavailable,
 )
+from .events import Event, record_event
+from .gateways import DomainNameDefinition, DomainNameInstance, GatewayDefinition, GatewayInstance
+from .kubernetes import KubernetesRuntimeDefinition, KubernetesRuntimeInstance
 from .migrations import migrate
 from .outbox import Outbox
 from .transactions import run_in_transaction, transactional
-from .workloads import WorkloadDefinition, WorkloadResourceDefinition
+from .workloads import (
+    WorkloadDefinition,
+    WorkloadEvent,
+    WorkloadInstance,
+    WorkloadResourceDefinition,
+    WorkloadResourceInstance,
+)
 
 __all__ = [
     # The database
@@ -36,8 +55,28 @@ __all__ = [
     "ReconciledModel",
     "WorkloadDefinition",
     "WorkloadResourceDefinition",
+    "WorkloadInstance",
+    "WorkloadResourceInstance",
+    "WorkloadEvent",
+    "KubernetesRuntimeDefinition",
+    "KubernetesRuntimeInstance",
+    "AwsAccount",
+    "AwsEksKubernetesRuntimeDefinition",
+    "AwsEksKubernetesRuntimeInstance",
+    "AwsRelationalDatabaseDefinition",
+    "AwsRelationalDatabaseInstance",
+    "AwsObjectStorageBucketDefinition",
+    "AwsObjectStorageBucketInstance",
+    "DomainNameDefinition",
+    "DomainNameInstance",
+    "GatewayDefinition",
+    "GatewayInstance",
+    "AttachedObjectReference",
+    "Event",
+    "record_event",
     "Outbox",
     "registry",
+    "secrets",
     "store",
     # Errors
     "StoreError",

@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import peewee
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
 from .database import db
 
-__all__ = ["BaseModel", "ReconciledModel", "UTCDateTimeField", "utcnow"]
+__all__ = [
+    "BaseModel",
+    "KindModel",
+    "RecordModel",
+    "ReconciledModel",
+    "LIFECYCLE_FIELDS",
+    "UTCDateTimeField",
+    "utcnow",
+]
 
 
 def utcnow() -> dt.datetime:
@@ -44,23 +52,67 @@ class BaseModel(peewee.Model):
         legacy_table_names = False
 
 
-class ReconciledModel(BaseModel):
-    """An object the control plane reconciles (abstract: no table, never registered)."""
+class KindModel(BaseModel):
+    """Anything the API serves as a kind (abstract): an ``id``, a ``created_at``, a name and a URL plural.
+
+    Two families derive from it. :class:`ReconciledModel` is an object the
+    control plane reconciles (full CRUD, a lifecycle, an outbox row per
+    change); :class:`RecordModel` is a plain row that other code writes and
+    the API lists (events, parsed documents, references between objects).
+    """
 
     #: The kind's name in the API and in messages, e.g. ``"WorkloadDefinition"``.
     kind: ClassVar[str]
     #: The URL segment of the kind, e.g. ``"workload-definitions"``.
     plural: ClassVar[str]
+    #: One line on what the kind is (the OpenAPI document and ``threeport get`` show it).
+    summary: ClassVar[str] = ""
+
+    id = peewee.UUIDField(primary_key=True, default=uuid.uuid4)
+    created_at = UTCDateTimeField(default=utcnow)
+
+    @classmethod
+    def user_fields(cls) -> frozenset[str]:
+        """The fields (by model field name) a client may write."""
+        return frozenset()
+
+    @classmethod
+    def check(cls, values: dict[str, Any]) -> None:
+        """Check an object as it would be saved (every user field, by field name); raise InvalidObject.
+
+        Kinds override it for rules across fields; each field's type, choices
+        and references are checked before it is called.
+        """
+
+
+class RecordModel(KindModel):
+    """A plain row the API lists (abstract): no lifecycle, no reconcile, never updated by clients."""
+
+    #: Whether clients may create and delete it (otherwise it is read-only over the API).
+    client_writable: ClassVar[bool] = False
+    #: The fields a client sets on create (when ``client_writable``).
+    create_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def user_fields(cls) -> frozenset[str]:
+        return frozenset(cls.create_fields) if cls.client_writable else frozenset()
+
+
+class ReconciledModel(KindModel):
+    """An object the control plane reconciles (abstract: no table, never registered)."""
+
     #: The Dramatiq queue its reconciliations go to, e.g. ``"workloads"``.
     queue: ClassVar[str]
     #: The fields a user may set (besides ``name``); a change to any of them is a new generation.
+    #: Empty means every field the kind declares beyond the lifecycle's.
     spec_fields: ClassVar[tuple[str, ...]] = ()
+    #: References (foreign-key fields) that must be reconciled before this object is:
+    #: until they are, its reconcile waits (requeued with backoff, no retry spent).
+    depends_on: ClassVar[tuple[str, ...]] = ()
     #: The Dramatiq actor that reconciles it.
     actor: ClassVar[str] = "reconcile"
 
-    id = peewee.UUIDField(primary_key=True, default=uuid.uuid4)
     name = peewee.TextField(unique=True)
-    created_at = UTCDateTimeField(default=utcnow)
     updated_at = UTCDateTimeField(default=utcnow)
     #: Bumped on every spec change (and when deletion is scheduled).
     generation = peewee.BigIntegerField(default=1)
@@ -84,3 +136,7 @@ class ReconciledModel(BaseModel):
     def user_fields(cls) -> frozenset[str]:
         """The fields a client may write: ``name`` and the spec fields."""
         return frozenset(("name", *cls.spec_fields))
+
+
+#: The fields every reconciled kind has, which no client writes (besides ``name``).
+LIFECYCLE_FIELDS = frozenset(ReconciledModel._meta.fields)

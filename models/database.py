@@ -48,6 +48,7 @@ class PostgresPool(_CheckedLocally, PooledPostgresqlDatabase):
 class CockroachPool(_CheckedLocally, PooledCockroachDatabase):
     """CockroachDB, pooled, checked out without a round trip."""
 
+
 #: The database of every model; :func:`bind` points it at a real one.
 db = peewee.DatabaseProxy()
 

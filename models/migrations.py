@@ -102,6 +102,257 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX outbox_created_at ON outbox (created_at)",
         ),
     ),
+    Migration(
+        "0002_object_model",
+        (
+            f"""CREATE TABLE kubernetes_runtime_definitions ({_LIFECYCLE_COLUMNS_0001},
+    infra_provider TEXT NOT NULL,
+    infra_provider_account_name TEXT,
+    high_availability BOOLEAN NOT NULL,
+    CONSTRAINT kubernetes_runtime_definitions_name_key UNIQUE (name)
+)""",
+            """CREATE INDEX kubernetes_runtime_definitions_created_at_id
+    ON kubernetes_runtime_definitions (created_at, id)""",
+            """CREATE INDEX kubernetes_runtime_definitions_unreconciled
+    ON kubernetes_runtime_definitions (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            f"""CREATE TABLE kubernetes_runtime_instances ({_LIFECYCLE_COLUMNS_0001},
+    kubernetes_runtime_definition_id UUID NOT NULL REFERENCES kubernetes_runtime_definitions (id),
+    location TEXT,
+    default_runtime BOOLEAN NOT NULL,
+    api_endpoint TEXT,
+    ca_certificate TEXT,
+    certificate TEXT,
+    certificate_key TEXT,
+    connection_token TEXT,
+    kubeconfig TEXT,
+    CONSTRAINT kubernetes_runtime_instances_name_key UNIQUE (name)
+)""",
+            """CREATE INDEX kubernetes_runtime_instances_created_at_id
+    ON kubernetes_runtime_instances (created_at, id)""",
+            """CREATE INDEX kubernetes_runtime_instances_unreconciled ON kubernetes_runtime_instances (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX kubernetes_runtime_instances_kubernetes_runtime_definition_id
+    ON kubernetes_runtime_instances (kubernetes_runtime_definition_id)""",
+            f"""CREATE TABLE workload_instances ({_LIFECYCLE_COLUMNS_0001},
+    workload_definition_id UUID NOT NULL REFERENCES workload_definitions (id),
+    kubernetes_runtime_instance_id UUID REFERENCES kubernetes_runtime_instances (id),
+    CONSTRAINT workload_instances_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX workload_instances_created_at_id ON workload_instances (created_at, id)",
+            """CREATE INDEX workload_instances_unreconciled ON workload_instances (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX workload_instances_workload_definition_id
+    ON workload_instances (workload_definition_id)""",
+            """CREATE INDEX workload_instances_kubernetes_runtime_instance_id
+    ON workload_instances (kubernetes_runtime_instance_id)""",
+            """CREATE TABLE workload_resource_instances (id UUID NOT NULL PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    workload_instance_id UUID NOT NULL REFERENCES workload_instances (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    json_definition JSONB NOT NULL
+)""",
+            """CREATE INDEX workload_resource_instances_created_at_id
+    ON workload_resource_instances (created_at, id)""",
+            """CREATE UNIQUE INDEX workload_resource_instances_workload_instance_id_name_key
+    ON workload_resource_instances (workload_instance_id, name)""",
+            """CREATE TABLE workload_events (id UUID NOT NULL PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    workload_instance_id UUID NOT NULL REFERENCES workload_instances (id) ON DELETE CASCADE,
+    type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    involved_object TEXT NOT NULL,
+    last_seen TIMESTAMPTZ NOT NULL
+)""",
+            "CREATE INDEX workload_events_created_at_id ON workload_events (created_at, id)",
+            "CREATE INDEX workload_events_workload_instance_id ON workload_events (workload_instance_id)",
+            f"""CREATE TABLE aws_accounts ({_LIFECYCLE_COLUMNS_0001},
+    account_id TEXT NOT NULL,
+    default_region TEXT NOT NULL,
+    default_account BOOLEAN NOT NULL,
+    access_key_id TEXT,
+    secret_access_key TEXT,
+    role_arn TEXT,
+    external_id TEXT,
+    endpoint_url TEXT,
+    CONSTRAINT aws_accounts_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX aws_accounts_created_at_id ON aws_accounts (created_at, id)",
+            """CREATE INDEX aws_accounts_unreconciled ON aws_accounts (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            f"""CREATE TABLE aws_eks_kubernetes_runtime_definitions ({_LIFECYCLE_COLUMNS_0001},
+    aws_account_id UUID NOT NULL REFERENCES aws_accounts (id),
+    kubernetes_runtime_definition_id UUID REFERENCES kubernetes_runtime_definitions (id),
+    zone_count INTEGER NOT NULL,
+    default_node_group_instance_type TEXT NOT NULL,
+    default_node_group_initial_size INTEGER NOT NULL,
+    default_node_group_minimum_size INTEGER NOT NULL,
+    default_node_group_maximum_size INTEGER NOT NULL,
+    CONSTRAINT aws_eks_kubernetes_runtime_definitions_name_key UNIQUE (name)
+)""",
+            """CREATE INDEX aws_eks_kubernetes_runtime_definitions_created_at_id
+    ON aws_eks_kubernetes_runtime_definitions (created_at, id)""",
+            """CREATE INDEX aws_eks_kubernetes_runtime_definitions_unreconciled
+    ON aws_eks_kubernetes_runtime_definitions (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX aws_eks_kubernetes_runtime_definitions_aws_account_id
+    ON aws_eks_kubernetes_runtime_definitions (aws_account_id)""",
+            """CREATE INDEX aws_eks_kubernetes_runtime_definitions_fk_kubernetes_4
+    ON aws_eks_kubernetes_runtime_definitions (kubernetes_runtime_definition_id)""",
+            f"""CREATE TABLE aws_eks_kubernetes_runtime_instances ({_LIFECYCLE_COLUMNS_0001},
+    aws_eks_kubernetes_runtime_definition_id UUID NOT NULL REFERENCES aws_eks_kubernetes_runtime_definitions (id),
+    kubernetes_runtime_instance_id UUID REFERENCES kubernetes_runtime_instances (id),
+    region TEXT,
+    CONSTRAINT aws_eks_kubernetes_runtime_instances_name_key UNIQUE (name)
+)""",
+            """CREATE INDEX aws_eks_kubernetes_runtime_instances_created_at_id
+    ON aws_eks_kubernetes_runtime_instances (created_at, id)""",
+            """CREATE INDEX aws_eks_kubernetes_runtime_instances_unreconciled
+    ON aws_eks_kubernetes_runtime_instances (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX aws_eks_kubernetes_runtime_instances_fk_aws_3
+    ON aws_eks_kubernetes_runtime_instances (aws_eks_kubernetes_runtime_definition_id)""",
+            """CREATE INDEX aws_eks_kubernetes_runtime_instances_fk_kubernetes_4
+    ON aws_eks_kubernetes_runtime_instances (kubernetes_runtime_instance_id)""",
+            f"""CREATE TABLE aws_relational_database_definitions ({_LIFECYCLE_COLUMNS_0001},
+    aws_account_id UUID NOT NULL REFERENCES aws_accounts (id),
+    engine TEXT NOT NULL,
+    engine_version TEXT NOT NULL,
+    database_name TEXT NOT NULL,
+    database_port INTEGER NOT NULL,
+    machine_size TEXT NOT NULL,
+    storage_gib INTEGER NOT NULL,
+    backup_days INTEGER NOT NULL,
+    workload_secret_name TEXT NOT NULL,
+    CONSTRAINT aws_relational_database_definitions_name_key UNIQUE (name)
+)""",
+            """CREATE INDEX aws_relational_database_definitions_created_at_id
+    ON aws_relational_database_definitions (created_at, id)""",
+            """CREATE INDEX aws_relational_database_definitions_unreconciled
+    ON aws_relational_database_definitions (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX aws_relational_database_definitions_aws_account_id
+    ON aws_relational_database_definitions (aws_account_id)""",
+            f"""CREATE TABLE aws_relational_database_instances ({_LIFECYCLE_COLUMNS_0001},
+    aws_relational_database_definition_id UUID NOT NULL REFERENCES aws_relational_database_definitions (id),
+    workload_instance_id UUID NOT NULL REFERENCES workload_instances (id),
+    CONSTRAINT aws_relational_database_instances_name_key UNIQUE (name)
+)""",
+            """CREATE INDEX aws_relational_database_instances_created_at_id
+    ON aws_relational_database_instances (created_at, id)""",
+            """CREATE INDEX aws_relational_database_instances_unreconciled
+    ON aws_relational_database_instances (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX aws_relational_database_instances_fk_aws_3
+    ON aws_relational_database_instances (aws_relational_database_definition_id)""",
+            """CREATE INDEX aws_relational_database_instances_workload_instance_id
+    ON aws_relational_database_instances (workload_instance_id)""",
+            f"""CREATE TABLE aws_object_storage_bucket_definitions ({_LIFECYCLE_COLUMNS_0001},
+    aws_account_id UUID NOT NULL REFERENCES aws_accounts (id),
+    public_read_access BOOLEAN NOT NULL,
+    workload_service_account_name TEXT NOT NULL,
+    workload_bucket_env_var TEXT NOT NULL,
+    CONSTRAINT aws_object_storage_bucket_definitions_name_key UNIQUE (name)
+)""",
+            """CREATE INDEX aws_object_storage_bucket_definitions_created_at_id
+    ON aws_object_storage_bucket_definitions (created_at, id)""",
+            """CREATE INDEX aws_object_storage_bucket_definitions_unreconciled
+    ON aws_object_storage_bucket_definitions (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX aws_object_storage_bucket_definitions_aws_account_id
+    ON aws_object_storage_bucket_definitions (aws_account_id)""",
+            f"""CREATE TABLE aws_object_storage_bucket_instances ({_LIFECYCLE_COLUMNS_0001},
+    aws_object_storage_bucket_definition_id UUID NOT NULL REFERENCES aws_object_storage_bucket_definitions (id),
+    workload_instance_id UUID NOT NULL REFERENCES workload_instances (id),
+    CONSTRAINT aws_object_storage_bucket_instances_name_key UNIQUE (name)
+)""",
+            """CREATE INDEX aws_object_storage_bucket_instances_created_at_id
+    ON aws_object_storage_bucket_instances (created_at, id)""",
+            """CREATE INDEX aws_object_storage_bucket_instances_unreconciled
+    ON aws_object_storage_bucket_instances (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX aws_object_storage_bucket_instances_fk_aws_3
+    ON aws_object_storage_bucket_instances (aws_object_storage_bucket_definition_id)""",
+            """CREATE INDEX aws_object_storage_bucket_instances_workload_instance_id
+    ON aws_object_storage_bucket_instances (workload_instance_id)""",
+            f"""CREATE TABLE domain_name_definitions ({_LIFECYCLE_COLUMNS_0001},
+    domain TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    admin_email TEXT NOT NULL,
+    CONSTRAINT domain_name_definitions_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX domain_name_definitions_created_at_id ON domain_name_definitions (created_at, id)",
+            """CREATE INDEX domain_name_definitions_unreconciled ON domain_name_definitions (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            f"""CREATE TABLE domain_name_instances ({_LIFECYCLE_COLUMNS_0001},
+    domain_name_definition_id UUID NOT NULL REFERENCES domain_name_definitions (id),
+    workload_instance_id UUID NOT NULL REFERENCES workload_instances (id),
+    kubernetes_runtime_instance_id UUID REFERENCES kubernetes_runtime_instances (id),
+    CONSTRAINT domain_name_instances_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX domain_name_instances_created_at_id ON domain_name_instances (created_at, id)",
+            """CREATE INDEX domain_name_instances_unreconciled ON domain_name_instances (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX domain_name_instances_domain_name_definition_id
+    ON domain_name_instances (domain_name_definition_id)""",
+            """CREATE INDEX domain_name_instances_workload_instance_id
+    ON domain_name_instances (workload_instance_id)""",
+            """CREATE INDEX domain_name_instances_kubernetes_runtime_instance_id
+    ON domain_name_instances (kubernetes_runtime_instance_id)""",
+            f"""CREATE TABLE gateway_definitions ({_LIFECYCLE_COLUMNS_0001},
+    http_ports JSONB NOT NULL,
+    tcp_ports JSONB NOT NULL,
+    service_name TEXT,
+    sub_domain TEXT,
+    domain_name_definition_id UUID REFERENCES domain_name_definitions (id),
+    CONSTRAINT gateway_definitions_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX gateway_definitions_created_at_id ON gateway_definitions (created_at, id)",
+            """CREATE INDEX gateway_definitions_unreconciled ON gateway_definitions (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            """CREATE INDEX gateway_definitions_domain_name_definition_id
+    ON gateway_definitions (domain_name_definition_id)""",
+            f"""CREATE TABLE gateway_instances ({_LIFECYCLE_COLUMNS_0001},
+    gateway_definition_id UUID NOT NULL REFERENCES gateway_definitions (id),
+    workload_instance_id UUID NOT NULL REFERENCES workload_instances (id),
+    kubernetes_runtime_instance_id UUID REFERENCES kubernetes_runtime_instances (id),
+    CONSTRAINT gateway_instances_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX gateway_instances_created_at_id ON gateway_instances (created_at, id)",
+            """CREATE INDEX gateway_instances_unreconciled ON gateway_instances (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            "CREATE INDEX gateway_instances_gateway_definition_id ON gateway_instances (gateway_definition_id)",
+            "CREATE INDEX gateway_instances_workload_instance_id ON gateway_instances (workload_instance_id)",
+            """CREATE INDEX gateway_instances_kubernetes_runtime_instance_id
+    ON gateway_instances (kubernetes_runtime_instance_id)""",
+            """CREATE TABLE attached_object_references (id UUID NOT NULL PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    object_type TEXT NOT NULL,
+    object_id UUID NOT NULL,
+    attached_object_type TEXT NOT NULL,
+    attached_object_id UUID NOT NULL
+)""",
+            "CREATE INDEX attached_object_references_created_at_id ON attached_object_references (created_at, id)",
+            """CREATE UNIQUE INDEX attached_object_references_unique_object_id
+    ON attached_object_references (object_id, attached_object_id, object_type, attached_object_type)""",
+            """CREATE INDEX attached_object_references_attached_object_id
+    ON attached_object_references (attached_object_id)""",
+            """CREATE TABLE events (id UUID NOT NULL PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    object_kind TEXT NOT NULL,
+    object_id UUID NOT NULL,
+    type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_seen TIMESTAMPTZ NOT NULL
+)""",
+            "CREATE INDEX events_created_at_id ON events (created_at, id)",
+            "CREATE INDEX events_object_id_created_at ON events (object_id, created_at)",
+        ),
+    ),
 )
 
 

@@ -10,34 +10,39 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from .base import ReconciledModel
+from .base import LIFECYCLE_FIELDS, KindModel, ReconciledModel
 from .errors import NotFound
 
-__all__ = ["register", "by_kind", "by_plural", "kinds"]
+__all__ = ["register", "by_kind", "by_plural", "kinds", "reconciled_kinds"]
 
-M = TypeVar("M", bound=type[ReconciledModel])
+M = TypeVar("M", bound=type[KindModel])
 
-_by_kind: dict[str, type[ReconciledModel]] = {}
-_by_plural: dict[str, type[ReconciledModel]] = {}
+_by_kind: dict[str, type[KindModel]] = {}
+_by_plural: dict[str, type[KindModel]] = {}
 
 
 def register(model: M) -> M:
     """Class decorator: make ``model`` reachable by its ``kind`` and ``plural``.
 
-    Raises ValueError when either is taken by another model, or missing.
+    A reconciled kind without ``spec_fields`` gets every field it declares
+    beyond the lifecycle's. Raises ValueError when the kind or plural is
+    taken by another model, or missing (or, for a reconciled kind, its queue).
     """
-    for attribute in ("kind", "plural", "queue"):
+    required = ("kind", "plural", "queue") if issubclass(model, ReconciledModel) else ("kind", "plural")
+    for attribute in required:
         if not getattr(model, attribute, None):
             raise ValueError(f"{model.__name__} must declare {attribute!r} to be registered")
     for index, key in ((_by_kind, model.kind), (_by_plural, model.plural)):
         if index.get(key, model) is not model:
             raise ValueError(f"{key!r} is already registered to {index[key].__name__}")
+    if issubclass(model, ReconciledModel) and not model.spec_fields:
+        model.spec_fields = tuple(name for name in model._meta.sorted_field_names if name not in LIFECYCLE_FIELDS)
     _by_kind[model.kind] = model
     _by_plural[model.plural] = model
     return model
 
 
-def by_kind(kind: str) -> type[ReconciledModel]:
+def by_kind(kind: str) -> type[KindModel]:
     """The model of ``kind``; :class:`~models.errors.NotFound` when there is none."""
     try:
         return _by_kind[kind]
@@ -45,7 +50,7 @@ def by_kind(kind: str) -> type[ReconciledModel]:
         raise NotFound(f"no kind named {kind!r}") from None
 
 
-def by_plural(plural: str) -> type[ReconciledModel]:
+def by_plural(plural: str) -> type[KindModel]:
     """The model served at ``/v0/<plural>``; :class:`~models.errors.NotFound` when there is none."""
     try:
         return _by_plural[plural]
@@ -53,6 +58,11 @@ def by_plural(plural: str) -> type[ReconciledModel]:
         raise NotFound(f"no kind is served as {plural!r}") from None
 
 
-def kinds() -> list[type[ReconciledModel]]:
+def kinds() -> list[type[KindModel]]:
     """Every registered model, in registration order."""
     return list(_by_kind.values())
+
+
+def reconciled_kinds() -> list[type[ReconciledModel]]:
+    """Every registered kind the control plane reconciles, in registration order."""
+    return [model for model in _by_kind.values() if issubclass(model, ReconciledModel)]

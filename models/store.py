@@ -19,11 +19,11 @@ import contextlib
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, Optional, TypeVar
 
 import peewee
 
-from .base import ReconciledModel, utcnow
+from .base import KindModel, ReconciledModel, RecordModel, utcnow
 from .errors import Conflict, InvalidObject, NotFound, PreconditionFailed, sqlstate
 from .outbox import Outbox
 from .transactions import transactional
@@ -37,6 +37,10 @@ __all__ = [
     "schedule_deletion",
     "confirm_deletion",
     "write_status",
+    # Records
+    "create_record",
+    "delete_record",
+    "on_removal",
     # Reads
     "get",
     "list_objects",
@@ -49,6 +53,12 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=ReconciledModel)
+K = TypeVar("K", bound=KindModel)
+R = TypeVar("R", bound=RecordModel)
+
+#: Called with (kind, object id) in the transaction that removes a reconciled object's row
+#: (its events and references go with it); see :func:`on_removal`.
+_on_removal: list[Callable[[str, uuid.UUID], None]] = []
 
 #: Largest ``limit`` of one :func:`list_objects` page.
 MAX_PAGE_SIZE = 1000
@@ -85,6 +95,7 @@ def create(model: type[M], fields: Mapping[str, Any]) -> Written[M]:
     Conflict (the name is taken).
     """
     values = checked_fields(model, fields, creating=True)
+    _check_object(model, values, values)
     now = utcnow()
     obj = model(**values, created_at=now, updated_at=now)
     with _name_must_be_free(model, obj.name):
@@ -106,7 +117,8 @@ def update(
     obj = _load_for_write(model, object_id, if_match=if_match)
     if obj.deletion_scheduled is not None:
         raise Conflict(f"{model.kind} {obj.id} is being deleted and can no longer change")
-    spec_changed = any(getattr(obj, name) != value for name, value in changes.items() if name in model.spec_fields)
+    _check_object(model, {name: obj.__data__.get(name) for name in model.user_fields()} | changes, changes)
+    spec_changed = any(obj.__data__.get(name) != value for name, value in changes.items() if name in model.spec_fields)
     values = {**changes, "updated_at": utcnow(), "resource_version": obj.resource_version + 1}
     if spec_changed:
         values["generation"] = obj.generation + 1
@@ -125,6 +137,7 @@ def schedule_deletion(model: type[M], object_id: uuid.UUID | str, *, if_match: O
     obj = _load_for_write(model, object_id, if_match=if_match)
     if obj.deletion_scheduled is not None:
         return Written(obj)
+    _must_not_be_referenced(obj)
     now = utcnow()
     _compare_and_set(
         obj,
@@ -150,6 +163,9 @@ def confirm_deletion(model: type[ReconciledModel], object_id: uuid.UUID | str) -
         return False
     if obj.deletion_scheduled is None:
         raise Conflict(f"{model.kind} {obj.id} cannot be removed: its deletion is not scheduled")
+    _must_not_be_referenced(obj)
+    for forget in _on_removal:
+        forget(model.kind, obj.id)
     obj.delete_instance()
     return True
 
@@ -192,19 +208,19 @@ def write_status(
 
 
 @transactional
-def get(model: type[M], object_id: uuid.UUID | str) -> M:
+def get(model: type[K], object_id: uuid.UUID | str) -> K:
     """The object with ``object_id``; raises NotFound."""
     return _load(model, object_id)
 
 
 @transactional
 def list_objects(
-    model: type[M],
+    model: type[K],
     *,
     limit: int = 50,
     after: Optional[str] = None,
     filters: Optional[Mapping[str, Any]] = None,
-) -> tuple[list[M], Optional[str]]:
+) -> tuple[list[K], Optional[str]]:
     """One page of objects, oldest first, and the cursor of the next page (None on the last).
 
     Pages are keyset-paginated on (``created_at``, ``id``): a page is stable
@@ -217,8 +233,8 @@ def list_objects(
         raise InvalidObject(f"limit must be between 1 and {MAX_PAGE_SIZE}")
     query = model.select()
     for name, value in (filters or {}).items():
-        value = filter_value(model, name, value)
-        query = query.where(model._meta.fields[name] == value)
+        field, value = filter_value(model, name, value)
+        query = query.where(field == value)
     if after is not None:
         created_at, object_id = _decode_cursor(after)
         query = query.where(peewee.Tuple(model.created_at, model.id) > peewee.Tuple(created_at, object_id))
@@ -238,6 +254,37 @@ def unreconciled(model: type[M], *, older_than_seconds: float, limit: int) -> li
     pending = (model.generation != model.observed_generation) | model.deletion_scheduled.is_null(False)
     query = model.select().where(pending & (model.updated_at <= _ago(older_than_seconds)))
     return list(query.order_by(model.updated_at).limit(limit))
+
+
+# Records (rows the API lists; some clients create and delete) ----------------------
+
+
+@transactional
+def create_record(model: type[R], fields: Mapping[str, Any]) -> R:
+    """Insert a record a client may create; raises InvalidObject or Conflict (it exists already)."""
+    values = checked_fields(model, fields, creating=True)
+    _check_object(model, values, values)
+    row = model(**values)
+    try:
+        row.save(force_insert=True)
+    except peewee.IntegrityError as exc:
+        if sqlstate(exc) == "23505":
+            raise Conflict(f"this {model.kind} exists already") from exc
+        raise
+    return row
+
+
+@transactional
+def delete_record(model: type[RecordModel], object_id: uuid.UUID | str) -> None:
+    """Delete a record at once; raises NotFound."""
+    if model.delete().where(model.id == _parse_id(model, object_id)).execute() != 1:
+        raise NotFound(f"no {model.kind} with id {str(object_id)!r}")
+
+
+def on_removal(forget: Callable[[str, uuid.UUID], None]) -> Callable[[str, uuid.UUID], None]:
+    """Register ``forget(kind, object_id)``, called in the transaction that removes an object's row."""
+    _on_removal.append(forget)
+    return forget
 
 
 # The outbox, for the relay --------------------------------------------------------
@@ -262,23 +309,56 @@ def delete_outbox(ids: Iterable[uuid.UUID | str]) -> int:
 # Helpers --------------------------------------------------------------------------
 
 
-def _parse_id(model: type[ReconciledModel], object_id: uuid.UUID | str) -> uuid.UUID:
+def _parse_id(model: type[KindModel], object_id: uuid.UUID | str) -> uuid.UUID:
     try:
         return object_id if isinstance(object_id, uuid.UUID) else uuid.UUID(str(object_id))
     except ValueError:
         raise NotFound(f"no {model.kind} with id {object_id!r}") from None
 
 
-def _find(model: type[M], object_id: uuid.UUID | str, *, for_update: bool = False) -> Optional[M]:
+def _find(model: type[K], object_id: uuid.UUID | str, *, for_update: bool = False) -> Optional[K]:
     query = model.select().where(model.id == _parse_id(model, object_id))
     return (query.for_update() if for_update else query).first()
 
 
-def _load(model: type[M], object_id: uuid.UUID | str, *, for_update: bool = False) -> M:
+def _load(model: type[K], object_id: uuid.UUID | str, *, for_update: bool = False) -> K:
     obj = _find(model, object_id, for_update=for_update)
     if obj is None:
         raise NotFound(f"no {model.kind} with id {str(object_id)!r}")
     return obj
+
+
+def _check_object(model: type[KindModel], values: dict[str, Any], changed: Mapping[str, Any]) -> None:
+    """The references among ``changed`` exist and live, and the kind's own rules hold for ``values``."""
+    for name, value in changed.items():
+        field = model._meta.fields[name]
+        if isinstance(field, peewee.ForeignKeyField) and value is not None:
+            _must_be_referable(field, value)
+    model.check(values)
+
+
+def _must_be_referable(field: peewee.ForeignKeyField, target_id: uuid.UUID) -> None:
+    target = field.rel_model
+    kind = getattr(target, "kind", target.__name__)
+    columns = [target.id] + ([target.deletion_scheduled] if issubclass(target, ReconciledModel) else [])
+    row = target.select(*columns).where(target.id == target_id).first()
+    if row is None:
+        raise InvalidObject(f"field {field.column_name!r}: no {kind} with id {str(target_id)!r}")
+    if getattr(row, "deletion_scheduled", None) is not None:
+        raise InvalidObject(f"field {field.column_name!r}: {kind} {target_id} is being deleted")
+
+
+def _must_not_be_referenced(obj: ReconciledModel) -> None:
+    """Raise Conflict when objects that are not children of ``obj`` still reference it."""
+    for fk, referrer in type(obj)._meta.backrefs.items():
+        if (fk.on_delete or "").upper() == "CASCADE":
+            continue
+        label = referrer.name if "name" in referrer._meta.fields else referrer.id
+        names = [str(row) for (row,) in referrer.select(label).where(fk == obj.id).limit(4).tuples()]
+        if names:
+            shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+            kind = getattr(referrer, "kind", referrer.__name__)
+            raise Conflict(f"{obj.kind} {obj.name!r} is still referenced by {kind} {shown}: delete them first")
 
 
 def _load_for_write(model: type[M], object_id: uuid.UUID | str, *, if_match: Optional[int]) -> M:
@@ -326,7 +406,7 @@ def _ago(seconds: float) -> dt.datetime:
     return utcnow() - dt.timedelta(seconds=seconds)
 
 
-def _encode_cursor(obj: ReconciledModel) -> str:
+def _encode_cursor(obj: KindModel) -> str:
     raw = f"{obj.created_at.isoformat()}|{obj.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

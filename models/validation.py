@@ -1,65 +1,60 @@
 """What a client may write and filter on, checked before any SQL runs.
 
-A client writes ``name`` and its kind's ``spec_fields``; every other field
-is server-managed and refused by name, as is any field the kind does not
-have, so a typo never passes silently. Values are checked against the
-field's type here rather than left to the database, so the message names
-the field. Filter values arrive as query-string text and are parsed by the
-field's type.
+A client writes its kind's writable fields, by their API names
+(:mod:`models.schema`); every other field is server-managed and refused by
+name, as is any field the kind does not have, so a typo never passes
+silently. Values are checked against the field's type, choices and JSON
+Schema here rather than left to the database, so the message names the
+field. Filter values arrive as query-string text and are parsed by the
+field's type. Whether a referenced object exists is the store's to check,
+in the transaction that writes the reference.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import uuid
 from typing import Any, Mapping
 
+import jsonschema
 import peewee
 from playhouse.postgres_ext import JSONField
 
-from .base import ReconciledModel
+from .base import KindModel
 from .errors import InvalidObject
+from .schema import MAX_NAME_LENGTH, FieldInfo, JSONDocument, fields_of, python_types
 
 __all__ = ["checked_fields", "checked_status", "filter_value", "MAX_NAME_LENGTH"]
 
-#: Longest ``name`` accepted (as Kubernetes object names).
-MAX_NAME_LENGTH = 253
-
-_PYTHON_TYPES: tuple[tuple[type[peewee.Field], tuple[type, ...]], ...] = (
-    (peewee.BooleanField, (bool,)),
-    (peewee.IntegerField, (int,)),
-    (peewee.TextField, (str,)),
-    (peewee.CharField, (str,)),
-    (peewee.UUIDField, (uuid.UUID, str)),
-    (peewee.DateTimeField, (dt.datetime,)),
-)
 _TEXT_PARSERS: tuple[tuple[type[peewee.Field], Any], ...] = (
     (peewee.BooleanField, lambda text: {"true": True, "false": False}[text.lower()]),
     (peewee.IntegerField, int),
+    (peewee.ForeignKeyField, uuid.UUID),
     (peewee.UUIDField, uuid.UUID),
     (peewee.TextField, str),
     (peewee.CharField, str),
 )
 
 
-def checked_fields(model: type[ReconciledModel], fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
-    """``fields`` once every name and value is known to be writable by a client.
+def checked_fields(model: type[KindModel], fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+    """``fields`` (by API name) once each is known to be writable by a client, by model field name.
 
-    On create every field without a default must be given (``name`` always).
+    On create every required field must be given (``name`` always).
 
     Raises InvalidObject naming the first offending field.
     """
     if not isinstance(fields, Mapping):
         raise InvalidObject("fields must be an object")
+    infos = fields_of(model)
+    checked = {}
     for name, value in fields.items():
-        _check_writable(model, name)
-        _check_value(model._meta.fields[name], value)
+        info = _writable(model, infos, name)
+        checked[info.field.name] = _checked_value(info, value)
     if creating:
-        missing = [name for name in sorted(model.user_fields()) if name not in fields and _required(model, name)]
+        missing = [info.name for info in infos.values() if info.required and info.field.name not in checked]
         if missing:
             raise InvalidObject(f"missing field {missing[0]!r}")
-    return dict(fields)
+    return checked
 
 
 def checked_status(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,49 +66,68 @@ def checked_status(status: Mapping[str, Any]) -> dict[str, Any]:
     return status
 
 
-def filter_value(model: type[ReconciledModel], name: str, value: Any) -> Any:
-    """The value to compare field ``name`` with; text (from a query string) is parsed by the field's type.
+def filter_value(model: type[KindModel], name: str, value: Any) -> tuple[peewee.Field, Any]:
+    """The field called ``name`` over the API and the value to compare it with; text is parsed by the field's type.
 
     Raises InvalidObject for an unknown field, a field that cannot be
-    compared for equality (JSON, timestamps) or a value that does not parse.
+    compared for equality (JSON, timestamps, secrets) or a value that does not parse.
     """
-    field = model._meta.fields.get(name)
-    if field is None:
+    info = fields_of(model).get(name)
+    if info is None:
         raise InvalidObject(f"cannot filter on {name!r}: {model.kind} has no such field")
-    parse = next((parser for kind, parser in _TEXT_PARSERS if isinstance(field, kind)), None)
-    if parse is None:
+    parse = next((parser for kind, parser in _TEXT_PARSERS if isinstance(info.field, kind)), None)
+    if parse is None or info.secret:
         raise InvalidObject(f"cannot filter on {name!r}")
     if not isinstance(value, str):
-        _check_value(field, value)
-        return value
+        return info.field, _checked_value(info, value)
     try:
-        return parse(value)
+        return info.field, parse(value)
     except (KeyError, ValueError):
         raise InvalidObject(f"invalid value for filter {name!r}: {value!r}") from None
 
 
-def _check_writable(model: type[ReconciledModel], name: str) -> None:
-    if name in model.user_fields():
-        return
-    if name in model._meta.fields:
+def _writable(model: type[KindModel], infos: dict[str, FieldInfo], name: str) -> FieldInfo:
+    info = infos.get(name)
+    if info is not None and info.writable:
+        return info
+    if info is not None:
         raise InvalidObject(f"field {name!r} is managed by the server and cannot be set")
     raise InvalidObject(f"unknown field {name!r} for {model.kind}")
 
 
-def _check_value(field: peewee.Field, value: Any) -> None:
+def _checked_value(info: FieldInfo, value: Any) -> Any:
+    field = info.field
     if value is None:
-        if not field.null:
-            raise InvalidObject(f"field {field.name!r} cannot be null")
-        return
+        if not info.nullable:
+            raise InvalidObject(f"field {info.name!r} cannot be null")
+        return None
     if isinstance(field, JSONField):
-        _check_json(field.name, value)
-        return
-    expected = next((types for kind, types in _PYTHON_TYPES if isinstance(field, kind)), ())
+        _check_json(info.name, value)
+        if isinstance(field, JSONDocument):
+            _check_document(info, value)
+        return value
+    expected = python_types(field)
     if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
         names = " or ".join(t.__name__ for t in expected)
-        raise InvalidObject(f"field {field.name!r} must be of type {names}, not {type(value).__name__}")
+        raise InvalidObject(f"field {info.name!r} must be of type {names}, not {type(value).__name__}")
+    if field.choices and value not in [choice for choice, _ in field.choices]:
+        allowed = ", ".join(repr(choice) for choice, _ in field.choices)
+        raise InvalidObject(f"field {info.name!r} must be one of {allowed}, not {value!r}")
+    if uuid.UUID in expected:
+        try:
+            return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+        except ValueError:
+            raise InvalidObject(f"field {info.name!r} must be a UUID, not {value!r}") from None
     if field.name == "name":
         _check_name(value)
+    return value
+
+
+def _check_document(info: FieldInfo, value: Any) -> None:
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(info.schema).iter_errors(value))
+    if error is not None:
+        where = "".join(f"[{part!r}]" for part in error.absolute_path)
+        raise InvalidObject(f"field {info.name!r}{where}: {error.message}")
 
 
 def _check_json(name: str, value: Any) -> None:
@@ -128,8 +142,3 @@ def _check_name(name: str) -> None:
         raise InvalidObject("field 'name' cannot be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidObject(f"field 'name' is longer than {MAX_NAME_LENGTH} characters")
-
-
-def _required(model: type[ReconciledModel], name: str) -> bool:
-    field = model._meta.fields[name]
-    return field.default is None and not field.null

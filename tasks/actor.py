@@ -174,7 +174,7 @@ def declare_actors(
     """
     locks = locks or LockManager(connection=broker.connection)
     body = ReconcileActor(broker, locks, lock_ttl=lock_ttl)
-    kinds = registry.kinds()
+    kinds = registry.reconciled_kinds()
     queues = list(queues) if queues is not None else sorted({model.queue for model in kinds})
 
     def reconcile(kind: str, object_id: str, generation: int, requeues: int = 0) -> None:

@@ -23,9 +23,12 @@ from typing import Iterator
 import pytest
 
 from cli.local_servers import PostgresServer
-from models import bind, database_from_url, migrate
+from models import bind, database_from_url, migrate, secrets
 
-__all__ = ["PostgresServer", "postgres_server", "empty_database_url", "database"]
+__all__ = ["PostgresServer", "postgres_server", "empty_database_url", "database", "ENCRYPTION_KEY"]
+
+#: The key secret fields are encrypted with in this test session (and in the processes tests start).
+ENCRYPTION_KEY = secrets.generate_key()
 
 #: Free space a RAM disk needs before the server's data goes there.
 RAM_DISK_NEEDED = 1 << 30
@@ -58,10 +61,12 @@ def empty_database_url(postgres_server) -> Iterator[str]:
 
 @pytest.fixture
 def database(empty_database_url):
-    """This test's database, migrated and bound to every model."""
+    """This test's database, migrated and bound to every model, secret fields encrypted with ENCRYPTION_KEY."""
     database = database_from_url(empty_database_url)
     migrate(database)
     bind(database)
+    secrets.configure(ENCRYPTION_KEY)
     yield database
+    secrets.configure(None)
     bind(None)
     database.close_all()

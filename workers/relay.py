@@ -79,7 +79,7 @@ class Relay:
         older_than = self.resync_after if older_than_seconds is None else older_than_seconds
         window = int(time.time() // self.resync_interval)
         enqueued = 0
-        for model in registry.kinds():
+        for model in registry.reconciled_kinds():
             objects = store.unreconciled(model, older_than_seconds=older_than, limit=self.batch)
             if not objects:
                 continue
