@@ -109,16 +109,22 @@ def update(
 ) -> Written[M]:
     """Change some of an object's user fields; a spec change is a new generation to reconcile.
 
+    Fields given with the values they have change nothing; when none
+    changes, nothing is written (``resource_version`` stays).
+
     Raises NotFound, PreconditionFailed (``if_match`` is not the stored
     ``resource_version``, or another write won the race), InvalidObject,
     or Conflict (the new name is taken, or deletion is scheduled).
     """
-    changes = checked_fields(model, fields, creating=False)
+    given = checked_fields(model, fields, creating=False)
     obj = _load_for_write(model, object_id, if_match=if_match)
     if obj.deletion_scheduled is not None:
         raise Conflict(f"{model.kind} {obj.id} is being deleted and can no longer change")
+    changes = {name: value for name, value in given.items() if obj.__data__.get(name) != value}
+    if not changes:
+        return Written(obj)  # nothing changes: nothing is written
     _check_object(model, {name: obj.__data__.get(name) for name in model.user_fields()} | changes, changes)
-    spec_changed = any(obj.__data__.get(name) != value for name, value in changes.items() if name in model.spec_fields)
+    spec_changed = any(name in model.spec_fields for name in changes)
     values = {**changes, "updated_at": utcnow(), "resource_version": obj.resource_version + 1}
     if spec_changed:
         values["generation"] = obj.generation + 1

@@ -190,10 +190,11 @@ def test_a_change_outside_the_spec_bumps_only_the_resource_version(database):
     store.update(WorkloadDefinition, obj.id, {"name": "www"})
     written = store.update(WorkloadDefinition, obj.id, {"yaml_document": YAML})
 
-    # Then the version moved on but the generation did not, and no work was enqueued
+    # Then the rename moved the version on but not the generation, the same spec wrote nothing,
+    # and no work was enqueued
     stored = store.get(WorkloadDefinition, obj.id)
-    assert (stored.name, stored.generation, stored.resource_version) == ("www", 1, 3)
-    assert written.outbox == [] and len(outbox_rows()) == 1
+    assert (stored.name, stored.generation, stored.resource_version) == ("www", 1, 2)
+    assert written.outbox == [] and written.obj.resource_version == 2 and len(outbox_rows()) == 1
 
 
 def test_update_refuses_a_stale_if_match_a_taken_name_and_bad_fields(database):
