@@ -6,19 +6,21 @@ one loop thread), declares the ``reconcile`` actor on the chosen queues
 replicas scale apart) and runs a Dramatiq ``Worker`` with ``--threads``
 threads. Every process also runs the relay; a leader lock keeps one active
 in the whole deployment. SIGTERM or SIGINT stops them gracefully: running
-actors finish, prefetched messages are handed back at once.
+actors finish, prefetched messages are handed back at once. Secret fields
+are read with the keys in ``THREEPORT_ENCRYPTION_KEY``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from typing import Optional
 
 import typer
 
-from models import bind, database_from_url
+from models import bind, database_from_url, secrets
 
 
 def run(
@@ -77,6 +79,7 @@ def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: signals.append(signum))
     bind(database_from_url(database_url))
+    secrets.configure(os.environ.get(secrets.ENV_VAR))
     broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-worker")
     dramatiq.set_broker(broker)
     declare_actors(broker, queues)

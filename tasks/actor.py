@@ -30,11 +30,13 @@ from dramatiq.message import Message
 from models import registry, store
 from models.base import ReconciledModel
 from models.errors import NotFound
+from models.events import NORMAL, WARNING, record_event
+from models.transactions import run_in_transaction
 from workers.broker import JetStreamBroker
 from workers.errors import LockError, LockLost
 from workers.locks import Lease, LockManager
 
-from .errors import PermanentError, TemporaryError
+from .errors import DependencyNotReady, PermanentError, TemporaryError
 from .reconcilers import reconciler_for
 
 __all__ = ["ACTOR_NAME", "ReconcileActor", "declare_actors"]
@@ -46,6 +48,8 @@ ACTOR_NAME = "reconcile"
 LOCK_TTL = 30.0
 #: Backoff of a message whose object is locked: first delay and ceiling, in seconds.
 LOCKED_BACKOFF = (0.25, 10.0)
+#: Backoff of an object waiting for its dependencies: first delay and ceiling, in seconds.
+DEPENDENCY_BACKOFF = (1.0, 30.0)
 
 
 class ReconcileActor:
@@ -96,9 +100,15 @@ class ReconcileActor:
         if not deleting and obj.observed_generation >= generation:
             return  # this generation was reconciled already (a duplicate or late message)
 
-        def status(phase: str, message: str, **flags) -> None:
+        def status(phase: str, message: str, *, reason: str, warning: bool = False, **flags) -> None:
             outcome = {"phase": phase, "message": message}
-            store.write_status(model, obj.id, generation=generation, status=outcome, **flags)
+            event_type = WARNING if warning else NORMAL
+
+            def write() -> None:
+                if store.write_status(model, obj.id, generation=generation, status=outcome, **flags):
+                    record_event(model.kind, obj.id, reason, message or phase, type=event_type)
+
+            run_in_transaction(write)
 
         try:
             if deleting:
@@ -106,26 +116,53 @@ class ReconcileActor:
                     reconciler.delete(obj)
                 store.confirm_deletion(model, obj.id)
                 return
+            _dependencies_must_be_ready(obj)
             if reconciler is None:
                 raise PermanentError(f"no reconciler for kind {model.kind}")
             reconciler.reconcile(obj)
         except NotFound:
             return  # deleted while being reconciled
         except TemporaryError as exc:
-            status("Waiting", exc.message or type(exc).__name__, observed=False)
-            self.requeue(model, object_id, generation, requeues=requeues, delay=exc.delay)
+            status("Waiting", exc.message or type(exc).__name__, reason=type(exc).__name__, observed=False)
+            delay = exc.delay if exc.delay is not None else _dependency_backoff(requeues)
+            self.requeue(model, object_id, generation, requeues=requeues, delay=delay)
             return
         except PermanentError as exc:
             flags = {} if deleting else {"creation_failed": True, "reconciled": False}
-            status("Failed", exc.message or type(exc).__name__, **flags)
+            status("Failed", exc.message or type(exc).__name__, reason="Failed", warning=True, **flags)
             return
         except Exception as exc:
             try:
-                status("Failed", f"{type(exc).__name__}: {exc} (retrying)", observed=False)
+                message = f"{type(exc).__name__}: {exc} (retrying)"
+                status("Failed", message, reason="Retrying", warning=True, observed=False)
             except Exception:
                 logger.exception("Could not record the failure of %s %s.", model.kind, obj.id)
             raise
-        status("Reconciled", "", reconciled=True, creation_failed=False)
+        status(
+            "Reconciled", "", reason="Reconciled", reconciled=True, creation_failed=False, creation_confirmed=True
+        )
+
+
+def _dependencies_must_be_ready(obj: ReconciledModel) -> None:
+    """Raise DependencyNotReady while an object ``obj`` depends on is not reconciled (or is going away)."""
+    for name in type(obj).depends_on:
+        field = type(obj)._meta.fields[name]
+        target_id = obj.__data__.get(name)
+        if target_id is None:
+            continue  # optional and not given: the reconciler picks a default
+        target = field.rel_model
+        row = (
+            target.select(target.name, target.reconciled, target.deletion_scheduled, target.status)
+            .where(target.id == target_id)
+            .first()
+        )
+        if row is None or row.deletion_scheduled is not None:
+            raise PermanentError(f"{target.kind} {target_id} is gone or being deleted")
+        if not row.reconciled:
+            why = (row.status or {}).get("message")
+            raise DependencyNotReady(
+                f"waiting for {target.kind} {row.name!r} to be reconciled" + (f" ({why})" if why else ""), delay=None
+            )
 
 
 class _Renewer(threading.Thread):
@@ -152,9 +189,16 @@ class _Renewer(threading.Thread):
         self.join()
 
 
-def _locked_backoff(requeues: int) -> float:
-    first, ceiling = LOCKED_BACKOFF
+def _backoff(requeues: int, first: float, ceiling: float) -> float:
     return min(ceiling, first * 2 ** min(requeues, 16)) * random.uniform(0.8, 1.2)
+
+
+def _locked_backoff(requeues: int) -> float:
+    return _backoff(requeues, *LOCKED_BACKOFF)
+
+
+def _dependency_backoff(requeues: int) -> float:
+    return _backoff(requeues, *DEPENDENCY_BACKOFF)
 
 
 def declare_actors(

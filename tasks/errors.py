@@ -8,6 +8,8 @@ and any other exception goes to Dramatiq's retries and then the dead letters.
 
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = ["ReconcileError", "TemporaryError", "PermanentError", "DependencyNotReady"]
 
 
@@ -20,11 +22,14 @@ class ReconcileError(Exception):
 
 
 class TemporaryError(ReconcileError):
-    """Raised when the object should be reconciled again after ``delay`` seconds (no retry spent)."""
+    """Raised when the object should be reconciled again after ``delay`` seconds (no retry spent).
 
-    def __init__(self, message: str = "", delay: float = 5.0) -> None:
+    ``delay=None`` lets the actor back off: 1 s, doubling per requeue in a row, up to 30 s.
+    """
+
+    def __init__(self, message: str = "", delay: Optional[float] = 5.0) -> None:
         super().__init__(message)
-        if delay < 0:
+        if delay is not None and delay < 0:
             raise ValueError("delay must not be negative")
         self.delay = delay
 
@@ -34,4 +39,7 @@ class PermanentError(ReconcileError):
 
 
 class DependencyNotReady(TemporaryError):
-    """Raised when something the object depends on is not ready yet."""
+    """Raised when something the object depends on is not ready yet (backs off by default)."""
+
+    def __init__(self, message: str = "", delay: Optional[float] = None) -> None:
+        super().__init__(message, delay)

@@ -51,4 +51,4 @@ def registered_kinds() -> list[str]:
     return list(_registry)
 
 
-from . import workloads  # noqa: E402, F401  (registers the built-in kinds)
+from . import definitions, workloads  # noqa: E402, F401  (registers the built-in kinds)

@@ -10,7 +10,15 @@ from pathlib import Path
 import peewee
 import pytest
 
-from models import MigrationError, Outbox, WorkloadDefinition, WorkloadResourceDefinition, database_from_url, migrate
+from models import (
+    MigrationError,
+    Outbox,
+    WorkloadDefinition,
+    WorkloadResourceDefinition,
+    database_from_url,
+    migrate,
+    registry,
+)
 from models.migrations import MIGRATIONS, Migration, applied_migrations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +42,12 @@ def fresh(empty_database_url):
 
 
 def columns(database: peewee.Database, table: str) -> set[str]:
+    return set(nullable_columns(database, table))
+
+
+def nullable_columns(database: peewee.Database, table: str) -> dict[str, bool]:
     with database.connection_context():
-        return {column.name for column in database.get_columns(table)}
+        return {column.name: column.null for column in database.get_columns(table)}
 
 
 def test_migrate_applies_everything_once_and_then_nothing(fresh):
@@ -53,10 +65,13 @@ def test_the_schema_has_a_column_for_every_model_field(fresh):
     # Given a migrated database
     migrate(fresh)
 
-    # Then every model's fields are columns of its table
-    for model in (WorkloadDefinition, WorkloadResourceDefinition, Outbox):
+    # Then every model's fields are columns of its table: every kind's, and the outbox's
+    for model in (*registry.kinds(), Outbox):
         expected = {field.column_name for field in model._meta.sorted_fields}
         assert expected == columns(fresh, model._meta.table_name), model.__name__
+        nullable = {field.column_name: field.null for field in model._meta.sorted_fields}
+        assert nullable == nullable_columns(fresh, model._meta.table_name), model.__name__
+    assert {WorkloadDefinition, WorkloadResourceDefinition} <= set(registry.kinds())
 
 
 def test_four_processes_migrating_at_once_apply_each_migration_once(empty_database_url):

@@ -7,7 +7,17 @@ import time
 import pytest
 from dramatiq import Worker
 
-from models import Outbox, WorkloadDefinition, WorkloadResourceDefinition, store
+from models import (
+    DomainNameDefinition,
+    Event,
+    KubernetesRuntimeDefinition,
+    KubernetesRuntimeInstance,
+    Outbox,
+    WorkloadDefinition,
+    WorkloadInstance,
+    WorkloadResourceDefinition,
+    store,
+)
 from tasks import reconcilers
 from tasks.actor import _Renewer, declare_actors
 from tasks.errors import DependencyNotReady, PermanentError
@@ -240,3 +250,69 @@ def test_one_actor_serves_every_queue_it_is_declared_on(database, broker, locks,
         assert calls.count == 1
     finally:
         worker.stop()
+
+
+def test_an_instance_waits_for_its_dependencies_then_reconciles(broker, reconciling, monkeypatch):
+    # Given a WorkloadInstance reconciler that records its runs, and a runtime whose definition is data only
+    runs = []
+    monkeypatch.setitem(
+        reconcilers._registry, WorkloadInstance.kind, reconcilers.Reconciler(reconcile=lambda obj: runs.append(obj.id))
+    )
+    runtime_definition = store.create(KubernetesRuntimeDefinition, {"name": "k", "infra_provider": "kubernetes"})
+    runtime = store.create(
+        KubernetesRuntimeInstance, {"name": "k1", "kubernetes_runtime_definition_id": runtime_definition.obj.id}
+    )
+    # And a workload definition that is not reconciled yet (its message is held back)
+    definition = store.create(WorkloadDefinition, {"name": "web", "yaml_document": YAML})
+    instance = store.create(
+        WorkloadInstance,
+        {
+            "name": "web-1",
+            "workload_definition_id": definition.obj.id,
+            "kubernetes_runtime_instance_id": runtime.obj.id,
+        },
+    )
+    publish_rows(broker, runtime_definition.outbox + instance.outbox)
+
+    # Then the instance waits, saying for what, without running its reconciler or spending retries
+    def waiting_for_definition():
+        status = store.get(WorkloadInstance, instance.obj.id).status
+        return "WorkloadDefinition 'web'" in status.get("message", "") and status
+
+    assert wait_for(waiting_for_definition)["phase"] == "Waiting"
+    assert runs == [] and store.get(KubernetesRuntimeDefinition, runtime_definition.obj.id).reconciled
+    events = Event.select().where(Event.object_id == instance.obj.id)
+    assert [(e.reason, e.type) for e in events] == [("DependencyNotReady", "Normal")]
+
+    # When the definition and the runtime are reconciled (the runtime by a stand-in reconciler)
+    monkeypatch.setitem(
+        reconcilers._registry, KubernetesRuntimeInstance.kind, reconcilers.Reconciler(reconcile=lambda obj: None)
+    )
+    publish_rows(broker, definition.outbox + runtime.outbox)
+
+    # Then the instance is reconciled on a later requeue, and its events tell the story
+    done = wait_for(lambda: observed_of(WorkloadInstance, instance.obj.id), timeout=20)
+    assert done.reconciled and runs == [instance.obj.id]
+    reasons = [e.reason for e in Event.select().where(Event.object_id == instance.obj.id).order_by(Event.created_at)]
+    assert reasons[0] == "DependencyNotReady" and reasons[-1] == "Reconciled"
+
+
+def test_a_kind_without_a_reconciler_fails_visibly(broker, reconciling, monkeypatch):
+    # Given a kind with no reconciler (a data-only definition taken out of the registry)
+    monkeypatch.delitem(reconcilers._registry, DomainNameDefinition.kind)
+    written = store.create(
+        DomainNameDefinition, {"name": "d", "domain": "example.com", "admin_email": "ops@example.com"}
+    )
+    publish_rows(broker, written.outbox)
+
+    # Then the object says so, as a permanent failure and a Warning event
+    done = wait_for(lambda: observed_of(DomainNameDefinition, written.obj.id))
+    assert done.creation_failed and done.status["message"] == "no reconciler for kind DomainNameDefinition"
+    assert [(e.reason, e.type) for e in Event.select().where(Event.object_id == written.obj.id)] == [
+        ("Failed", "Warning")
+    ]
+
+
+def observed_of(model, obj_id):
+    current = store.get(model, obj_id)
+    return current if current.observed_generation >= current.generation else None
