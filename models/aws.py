@@ -43,6 +43,7 @@ class AwsAccount(ReconciledModel):
     plural = "aws-accounts"
     queue = "aws"
     summary = "An AWS account and the credentials the control plane acts with."
+    unique_constraints = {"aws_accounts_one_default": "another AwsAccount is the default account already"}
 
     account_id = peewee.TextField(help_text="The 12-digit AWS account id.")
     default_region = peewee.TextField(help_text="The region resources are built in unless told otherwise.")

@@ -111,6 +111,8 @@ class ReconciledModel(KindModel):
     depends_on: ClassVar[tuple[str, ...]] = ()
     #: The Dramatiq actor that reconciles it.
     actor: ClassVar[str] = "reconcile"
+    #: What a 409 says when a write breaks one of the kind's unique constraints (by constraint name).
+    unique_constraints: ClassVar[dict[str, str]] = {}
 
     name = peewee.TextField(unique=True)
     updated_at = UTCDateTimeField(default=utcnow)

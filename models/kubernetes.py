@@ -56,6 +56,9 @@ class KubernetesRuntimeInstance(ReconciledModel):
     queue = "kubernetes"
     summary = "One Kubernetes cluster and how to reach it."
     depends_on = ("kubernetes_runtime_definition",)
+    unique_constraints = {
+        "kubernetes_runtime_instances_one_default": "another KubernetesRuntimeInstance is the default runtime already"
+    }
 
     kubernetes_runtime_definition = peewee.ForeignKeyField(
         KubernetesRuntimeDefinition, backref="+", help_text="The definition this cluster follows."

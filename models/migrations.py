@@ -130,6 +130,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
             """CREATE INDEX kubernetes_runtime_instances_created_at_id
     ON kubernetes_runtime_instances (created_at, id)""",
+            """CREATE UNIQUE INDEX kubernetes_runtime_instances_one_default
+    ON kubernetes_runtime_instances (default_runtime) WHERE default_runtime""",
             """CREATE INDEX kubernetes_runtime_instances_unreconciled ON kubernetes_runtime_instances (updated_at)
     WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
             """CREATE INDEX kubernetes_runtime_instances_kubernetes_runtime_definition_id
@@ -180,6 +182,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     CONSTRAINT aws_accounts_name_key UNIQUE (name)
 )""",
             "CREATE INDEX aws_accounts_created_at_id ON aws_accounts (created_at, id)",
+            """CREATE UNIQUE INDEX aws_accounts_one_default ON aws_accounts (default_account)
+    WHERE default_account""",
             """CREATE INDEX aws_accounts_unreconciled ON aws_accounts (updated_at)
     WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
             f"""CREATE TABLE aws_eks_kubernetes_runtime_definitions ({_LIFECYCLE_COLUMNS_0001},

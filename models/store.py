@@ -98,7 +98,7 @@ def create(model: type[M], fields: Mapping[str, Any]) -> Written[M]:
     _check_object(model, values, values)
     now = utcnow()
     obj = model(**values, created_at=now, updated_at=now)
-    with _name_must_be_free(model, obj.name):
+    with _unique(model, obj.name):
         obj.save(force_insert=True)
     return Written(obj, [_enqueue(obj)])
 
@@ -128,7 +128,7 @@ def update(
     values = {**changes, "updated_at": utcnow(), "resource_version": obj.resource_version + 1}
     if spec_changed:
         values["generation"] = obj.generation + 1
-    with _name_must_be_free(model, changes.get("name")):
+    with _unique(model, changes.get("name")):
         _compare_and_set(obj, values)
     return Written(obj, [_enqueue(obj)] if spec_changed else [])
 
@@ -393,11 +393,17 @@ def _compare_and_set(obj: ReconciledModel, values: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _name_must_be_free(model: type[ReconciledModel], name: Optional[str]):
+def _unique(model: type[ReconciledModel], name: Optional[str]):
+    """Turn a unique violation into a Conflict that says which: the name, or a rule of the kind."""
     try:
         yield
     except peewee.IntegrityError as exc:
-        if name is not None and sqlstate(exc) == "23505":
+        if sqlstate(exc) != "23505":
+            raise
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        if constraint in model.unique_constraints:
+            raise Conflict(model.unique_constraints[constraint]) from exc
+        if name is not None:
             raise Conflict(f"a {model.kind} named {name!r} already exists") from exc
         raise
 

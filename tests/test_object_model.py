@@ -389,3 +389,27 @@ def test_child_records_are_read_only_and_go_with_their_parent(client, world):
     assert client.simulate_post("/v0/workload-resource-definitions", json={}).status_code == 405
     assert issubclass(registry.by_kind("WorkloadInstance"), ReconciledModel)
     assert WorkloadResourceDefinition.select().count() == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "flag", "message"),
+    [
+        ("KubernetesRuntimeInstance", "default_runtime", "is the default runtime already"),
+        ("AwsAccount", "default_account", "is the default account already"),
+    ],
+)
+def test_there_is_at_most_one_default(client, world, kind, flag, message):
+    # Given one object of the kind marked default
+    first = world[kind]
+    assert client.simulate_patch(f"{path(kind)}/{first['id']}", json={flag: True}).json[flag] is True
+
+    # When a second one is made default, on create or update, then that is a 409 saying why
+    second = client.simulate_post(path(kind), json={**body_for(kind, world, "second"), flag: True})
+    assert second.status_code == 409 and message in second.json["detail"]
+    other = client.simulate_post(path(kind), json={**body_for(kind, world, "second"), flag: False}).json
+    patched = client.simulate_patch(f"{path(kind)}/{other['id']}", json={flag: True})
+    assert patched.status_code == 409 and message in patched.json["detail"]
+
+    # And once the first lets go, the second may take over
+    client.simulate_patch(f"{path(kind)}/{first['id']}", json={flag: False})
+    assert client.simulate_patch(f"{path(kind)}/{other['id']}", json={flag: True}).json[flag] is True
