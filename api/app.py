@@ -19,9 +19,11 @@ from workers.outbox_relay import publish_rows
 
 from .checks import database_check, nats_check
 from .discovery import Kinds, Version
+from .docs import Docs
 from .errors import handle_store_error, handle_unexpected, serialize_problem
 from .health import Check, Healthz, Readyz
 from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson
+from .openapi import OpenApi
 from .resources import (
     API_VERSION,
     Collection,
@@ -37,8 +39,8 @@ from .settings import Settings
 
 __all__ = ["create_app", "get_app", "OPEN_PATHS"]
 
-#: Routes that answer without a token (probes).
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: Routes that answer without a token (probes, and what reveals no data: versions, the API's description).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/version", "/openapi.json", "/docs"})
 
 
 def create_app(
@@ -64,6 +66,8 @@ def create_app(
     app.add_route("/readyz", Readyz(checks or {}))
     app.add_route("/version", Version())
     app.add_route(f"/{API_VERSION}/kinds", Kinds())
+    app.add_route("/openapi.json", OpenApi(app))
+    app.add_route("/docs", Docs(app))
     for model in registry.kinds():
         collection, item = _resources(model, publish or _no_publish)
         app.add_route(f"/{API_VERSION}/{model.plural}", collection)

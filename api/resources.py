@@ -126,7 +126,8 @@ class Item(_KindResource):
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, object_id: str) -> None:
         body = _body(req)
-        missing = sorted(self.model.user_fields() - set(body))
+        writable = {info.name for info in fields_of(self.model).values() if info.writable}
+        missing = sorted(writable - set(body))
         if missing:
             raise falcon.HTTPUnprocessableEntity(
                 title="Invalid Object", description=f"PUT replaces the object: missing {', '.join(missing)}"

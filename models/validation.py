@@ -24,7 +24,7 @@ from .base import KindModel
 from .errors import InvalidObject
 from .schema import MAX_NAME_LENGTH, FieldInfo, JSONDocument, fields_of, python_types
 
-__all__ = ["checked_fields", "checked_status", "filter_value", "MAX_NAME_LENGTH"]
+__all__ = ["checked_fields", "checked_status", "filter_value", "filterable", "MAX_NAME_LENGTH"]
 
 _TEXT_PARSERS: tuple[tuple[type[peewee.Field], Any], ...] = (
     (peewee.BooleanField, lambda text: {"true": True, "false": False}[text.lower()]),
@@ -66,6 +66,11 @@ def checked_status(status: Mapping[str, Any]) -> dict[str, Any]:
     return status
 
 
+def filterable(info: FieldInfo) -> bool:
+    """Whether lists filter on the field by equality (JSON, timestamps and secrets are not)."""
+    return not info.secret and any(isinstance(info.field, kind) for kind, _ in _TEXT_PARSERS)
+
+
 def filter_value(model: type[KindModel], name: str, value: Any) -> tuple[peewee.Field, Any]:
     """The field called ``name`` over the API and the value to compare it with; text is parsed by the field's type.
 
@@ -75,9 +80,9 @@ def filter_value(model: type[KindModel], name: str, value: Any) -> tuple[peewee.
     info = fields_of(model).get(name)
     if info is None:
         raise InvalidObject(f"cannot filter on {name!r}: {model.kind} has no such field")
-    parse = next((parser for kind, parser in _TEXT_PARSERS if isinstance(info.field, kind)), None)
-    if parse is None or info.secret:
+    if not filterable(info):
         raise InvalidObject(f"cannot filter on {name!r}")
+    parse = next(parser for kind, parser in _TEXT_PARSERS if isinstance(info.field, kind))
     if not isinstance(value, str):
         return info.field, _checked_value(info, value)
     try:

@@ -25,7 +25,7 @@ import peewee
 from playhouse.postgres_ext import BinaryJSONField
 
 from .base import ReconciledModel, RecordModel, UTCDateTimeField, utcnow
-from .errors import InvalidObject, NotFound
+from .errors import InvalidObject, NotFound, sqlstate
 from .kubernetes import KubernetesRuntimeInstance
 from .registry import register
 from .transactions import transactional
@@ -138,29 +138,36 @@ class WorkloadEvent(RecordModel):
 
 
 @transactional
-def record_resources(
-    workload_definition_id: uuid.UUID | str, documents: Sequence[tuple[str, dict]]
-) -> list[WorkloadResourceDefinition]:
+def record_resources(workload_definition_id: uuid.UUID | str, documents: Sequence[tuple[str, dict]]) -> None:
     """Make the definition's resource rows exactly ``documents`` (``(name, json)`` in YAML order).
 
-    Raises NotFound when the definition is gone (deleted meanwhile), and
+    Two statements: an upsert of every document, then a delete of the rows
+    no document names any more. Raises NotFound when the definition is gone
+    (deleted meanwhile: the upsert breaks the foreign key), and
     InvalidObject when two documents share a name.
     """
     names = [name for name, _ in documents]
     if len(set(names)) != len(names):
         raise InvalidObject(f"resource names must be unique within a workload definition: {names}")
-    definition = WorkloadDefinition.get_or_none(WorkloadDefinition.id == workload_definition_id)
-    if definition is None:
-        raise NotFound(f"no WorkloadDefinition with id {str(workload_definition_id)!r}")
     table = WorkloadResourceDefinition
-    table.delete().where((table.workload_definition == definition.id) & table.name.not_in(names)).execute()
     if documents:
         rows = [
-            {table.workload_definition: definition.id, table.name: name, table.position: i, table.json_definition: doc}
+            {
+                table.workload_definition: workload_definition_id,
+                table.name: name,
+                table.position: i,
+                table.json_definition: doc,
+            }
             for i, (name, doc) in enumerate(documents)
         ]
-        table.insert_many(rows).on_conflict(
+        upsert = table.insert_many(rows).on_conflict(
             conflict_target=[table.workload_definition, table.name],
             preserve=[table.position, table.json_definition],
-        ).execute()
-    return list(table.select().where(table.workload_definition == definition.id).order_by(table.position))
+        )
+        try:
+            upsert.execute()
+        except peewee.IntegrityError as exc:
+            if sqlstate(exc) == "23503":
+                raise NotFound(f"no WorkloadDefinition with id {str(workload_definition_id)!r}") from exc
+            raise
+    table.delete().where((table.workload_definition == workload_definition_id) & table.name.not_in(names)).execute()

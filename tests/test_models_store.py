@@ -399,12 +399,14 @@ def test_recording_resources_is_idempotent_and_follows_the_yaml(database):
 
     # When its documents are recorded twice, then there is one row per document
     record_resources(obj.id, documents)
-    rows = record_resources(obj.id, documents)
+    record_resources(obj.id, documents)
+    rows = resource_rows(obj.id)
     assert [(row.name, row.position) for row in rows] == [("ConfigMap/web", 0), ("Deployment/web", 1)]
     assert WorkloadResourceDefinition.select().count() == 2
 
     # When the YAML changes, then rows are updated, added and removed to match it
-    rows = record_resources(obj.id, [("Deployment/web", {"kind": "Deployment", "v": 2}), ("Service/web", {})])
+    record_resources(obj.id, [("Deployment/web", {"kind": "Deployment", "v": 2}), ("Service/web", {})])
+    rows = resource_rows(obj.id)
     assert [(row.name, row.json_definition) for row in rows] == [
         ("Deployment/web", {"kind": "Deployment", "v": 2}),
         ("Service/web", {}),
@@ -418,6 +420,11 @@ def test_recording_resources_is_idempotent_and_follows_the_yaml(database):
         record_resources(obj.id, documents)
     with pytest.raises(InvalidObject, match="unique"):
         record_resources(make("other").id, [("a", {}), ("a", {})])
+
+
+def resource_rows(definition_id) -> list[WorkloadResourceDefinition]:
+    table = WorkloadResourceDefinition
+    return list(table.select().where(table.workload_definition == definition_id).order_by(table.position))
 
 
 def test_the_registry_finds_kinds_by_name_and_plural():

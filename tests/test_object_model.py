@@ -413,3 +413,16 @@ def test_there_is_at_most_one_default(client, world, kind, flag, message):
     # And once the first lets go, the second may take over
     client.simulate_patch(f"{path(kind)}/{first['id']}", json={flag: False})
     assert client.simulate_patch(f"{path(kind)}/{other['id']}", json={flag: True}).json[flag] is True
+
+
+def test_put_replaces_an_object_with_references_by_their_api_names(client, world):
+    # Given a workload instance, when it is replaced with every writable field by API name
+    instance = world["WorkloadInstance"]
+    body = {**body_for("WorkloadInstance", world, "replaced"), "kubernetes_runtime_instance_id": None}
+    replaced = client.simulate_put(f"{path('WorkloadInstance')}/{instance['id']}", json=body)
+
+    # Then it takes the new values; a PUT missing a reference is refused naming it
+    assert replaced.status_code == 200, replaced.json
+    assert (replaced.json["name"], replaced.json["kubernetes_runtime_instance_id"]) == ("replaced", None)
+    partial = client.simulate_put(f"{path('WorkloadInstance')}/{instance['id']}", json={"name": "x"})
+    assert partial.status_code == 422 and "workload_definition_id" in partial.json["detail"]

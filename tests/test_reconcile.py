@@ -222,7 +222,7 @@ def test_the_lock_is_renewed_while_the_reconciler_runs(locks):
         ("- a list\n", "document 0 is not a mapping"),
         ("apiVersion: v1\nkind: X\nmetadata:\n  name: a\n---\nkind: Y\n", "document 1 has no apiVersion, metadata"),
         ("", "the YAML holds no document"),
-        ("a: b: c\n", "invalid YAML: mapping values are not allowed here"),
+        ("a: b: c\n", "invalid YAML: mapping values are not allowed"),
     ],
 )
 def test_bad_documents_are_permanent_errors_naming_what_is_wrong(yaml, error):

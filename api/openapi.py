@@ -1,0 +1,668 @@
+"""The API's OpenAPI 3.1 document, served at ``/openapi.json``.
+
+It is built from what the API really does, so that it can say neither more nor less: the paths and
+methods come from the app's router, read with :mod:`falcon.inspect` (the 405 and OPTIONS responders
+Falcon adds by itself are left out), and the bodies, filters and descriptions of each kind come from
+:mod:`models.registry` through :func:`models.schema.fields_of`. A route that is neither a kind's nor
+one of the known ones is still listed, with what little can be said about it. Inspecting the router
+reads source files (a few hundred milliseconds), so the document is cached per app until the set of
+kinds changes.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import threading
+from typing import Any, Callable, Iterable, Optional
+
+import falcon
+import falcon.inspect
+
+from models import registry
+from models.base import KindModel, ReconciledModel, RecordModel
+from models.schema import FieldInfo, fields_of
+from models.store import MAX_PAGE_SIZE
+from models.validation import filterable
+
+from .discovery import server_version
+from .resources import API_VERSION
+
+__all__ = ["openapi_document", "OpenApi", "routed_operations", "schema_ref", "OPENAPI_VERSION"]
+
+OPENAPI_VERSION = "3.1.0"
+
+#: Methods an operation may have in a Path Item (OpenAPI 3.1); others cannot be documented.
+HTTP_METHODS = ("get", "post", "patch", "put", "delete", "head", "options", "trace")
+
+#: Error answers, by status: (component name, when).
+_PROBLEMS = {
+    "400": ("BadRequest", "The body is not well-formed JSON."),
+    "401": ("Unauthorized", "No bearer token, or not a valid one."),
+    "404": ("NotFound", "No object has this id."),
+    "409": ("Conflict", "The write clashes with stored state: a taken name, a referenced object, a deletion."),
+    "412": ("PreconditionFailed", "If-Match names a resource_version the object no longer has."),
+    "413": ("ContentTooLarge", "The body is over the size limit (1 MiB by default)."),
+    "415": ("UnsupportedMediaType", "The body is not sent as JSON."),
+    "422": ("InvalidObject", "An unknown, server-managed, missing or invalid field, filter, limit or cursor."),
+    "500": ("InternalError", "The server failed; the detail names the request id to report."),
+    "503": ("Unavailable", "The database is unavailable or too busy, or the server is not configured."),
+}
+
+_CACHE_SIZE = 4
+_cache: collections.OrderedDict[int, tuple[falcon.App, tuple, dict[str, Any]]] = collections.OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def openapi_document(app: falcon.App, *, open_paths: Optional[frozenset[str]] = None) -> dict[str, Any]:
+    """The OpenAPI document of ``app``: every route it serves, every registered kind.
+
+    ``open_paths`` answer without a token (by default the app module's
+    ``OPEN_PATHS``). The document is cached, and shared: do not change it.
+    """
+    if open_paths is None:
+        from .app import OPEN_PATHS  # the app module imports this one
+
+        open_paths = OPEN_PATHS
+    key = (tuple(registry.kinds()), open_paths)
+    with _cache_lock:
+        cached = _cache.get(id(app))
+        if cached is not None and cached[0] is app and cached[1] == key:
+            _cache.move_to_end(id(app))
+            return cached[2]
+    document = _build(app, kinds=key[0], open_paths=open_paths)
+    with _cache_lock:
+        _cache[id(app)] = (app, key, document)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return document
+
+
+def routed_operations(app: falcon.App) -> dict[str, list[str]]:
+    """The methods (lower case) each path template of ``app`` responds to, Falcon's own responders left out."""
+    routed: dict[str, list[str]] = {}
+    for route in falcon.inspect.inspect_routes(app):
+        methods = [m.method.lower() for m in route.methods if not m.internal]
+        routed.setdefault(_openapi_path(route.path), []).extend(methods)
+    return routed
+
+
+def schema_ref(name: str) -> dict[str, str]:
+    """A reference to the component schema ``name``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+class OpenApi:
+    """``/openapi.json``"""
+
+    def __init__(self, app: falcon.App) -> None:
+        self.app = app
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = openapi_document(self.app)
+
+
+# Building -------------------------------------------------------------------------
+
+
+def _build(app: falcon.App, *, kinds: Iterable[type[KindModel]], open_paths: frozenset[str]) -> dict[str, Any]:
+    kinds = list(kinds)
+    routes = _kind_routes(kinds)
+    used_ids: set[str] = set()
+    paths: dict[str, Any] = {}
+    for path, methods in routed_operations(app).items():
+        item: dict[str, Any] = {}
+        parameters = _path_parameters(path)
+        if parameters:
+            item["parameters"] = parameters
+        for method in (m for m in HTTP_METHODS if m in methods):
+            operation = _operation(path, method, routes.get(path))
+            operation["operationId"] = _unique(operation["operationId"], used_ids)
+            if path in open_paths:
+                operation["security"] = []
+            else:
+                operation["responses"].setdefault("401", _problem_ref("401"))
+            operation["responses"].setdefault("500", _problem_ref("500"))
+            operation["responses"] = dict(sorted(operation["responses"].items()))
+            item[method] = operation
+        if any(m in item for m in HTTP_METHODS):
+            paths[path] = item
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "threeport API",
+            "version": server_version(),
+            "summary": "Declare apps and the infrastructure they need; the control plane reconciles them.",
+            "description": _DESCRIPTION,
+        },
+        "tags": [{"name": m.kind, "description": m.summary or m.kind} for m in kinds]
+        + [{"name": "API", "description": "Probes, versions and what this API serves."}],
+        "paths": paths,
+        "components": _components(kinds),
+        "security": [{"bearer": []}],
+    }
+
+
+_DESCRIPTION = (
+    "Every kind is served at `/v0/<plural>` (list, create) and `/v0/<plural>/{object_id}`. "
+    "Send `Authorization: Bearer <token>` except on the routes marked as open. "
+    "Errors are `application/problem+json` (RFC 9457). Reconciled objects carry their "
+    "`resource_version` as the `ETag`; send it back as `If-Match` to make a write conditional (412 otherwise). "
+    "Lists are pages: pass the `next` cursor back as `after`."
+)
+
+
+def _openapi_path(template: str) -> str:
+    """Falcon's ``{name:converter(args)}`` fields as OpenAPI's ``{name}``."""
+    return re.sub(r"{(\w+)(?::[^}]*)?}", r"{\1}", template)
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    parameters = []
+    for name in re.findall(r"{(\w+)}", path):
+        if name == "object_id":
+            parameters.append({"$ref": "#/components/parameters/object_id"})
+        else:
+            parameters.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
+    return parameters
+
+
+def _unique(operation_id: str, used: set[str]) -> str:
+    candidate, n = operation_id, 2
+    while candidate in used:
+        candidate, n = f"{operation_id}{n}", n + 1
+    used.add(candidate)
+    return candidate
+
+
+def _kind_routes(kinds: list[type[KindModel]]) -> dict[str, tuple[type[KindModel], str]]:
+    """Path template → (kind, role) for the routes :func:`api.app.create_app` gives every kind."""
+    routes = {}
+    for model in kinds:
+        routes[f"/{API_VERSION}/{model.plural}"] = (model, "collection")
+        routes[f"/{API_VERSION}/{model.plural}/{{object_id}}"] = (model, "item")
+        routes[f"/{model.plural}/versions"] = (model, "versions")
+    return routes
+
+
+def _operation(path: str, method: str, kind_route: Optional[tuple[type[KindModel], str]]) -> dict[str, Any]:
+    if kind_route is not None:
+        model, role = kind_route
+        build = _KIND_OPERATIONS.get((role, method))
+        if build is not None and _fits(model, role, method):
+            operation = build(model)
+            operation.setdefault("tags", [model.kind])
+            if model.summary and "description" not in operation:
+                operation["description"] = model.summary
+            return operation
+    build = _API_OPERATIONS.get((path, method))
+    if build is not None:
+        return build()
+    return _unknown_operation(path, method)
+
+
+def _fits(model: type[KindModel], role: str, method: str) -> bool:
+    """Whether the kind's family has the schemas a (role, method) operation refers to."""
+    if role == "collection" and method == "post":
+        return _writable(model)
+    if role == "item" and method in ("patch", "put"):
+        return issubclass(model, ReconciledModel)
+    return True
+
+
+def _writable(model: type[KindModel]) -> bool:
+    return issubclass(model, ReconciledModel) or (issubclass(model, RecordModel) and model.client_writable)
+
+
+def _unknown_operation(path: str, method: str) -> dict[str, Any]:
+    """A route nothing here knows about: listed all the same, so the document never misses one."""
+    words = [part for part in re.split(r"[^A-Za-z0-9]+", path) if part]
+    return {
+        "operationId": method + "".join(word.capitalize() for word in words),
+        "summary": f"{method.upper()} {path}",
+        "tags": ["API"],
+        "responses": {"default": {"description": "Not described."}},
+    }
+
+
+# Kind operations ------------------------------------------------------------------
+
+
+def _plural_words(model: type[KindModel]) -> str:
+    return model.plural.replace("-", " ")
+
+
+def _camel_plural(model: type[KindModel]) -> str:
+    return "".join(word.capitalize() for word in model.plural.split("-"))
+
+
+def _object_response(model: type[KindModel], description: str, *, headers: Iterable[str] = ()) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema_ref(model.kind)}},
+    }
+    if headers:
+        response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
+    return response
+
+
+def _etag(model: type[KindModel]) -> tuple[str, ...]:
+    return ("ETag",) if issubclass(model, ReconciledModel) else ()
+
+
+def _problems(*statuses: str) -> dict[str, Any]:
+    return {status: _problem_ref(status) for status in statuses}
+
+
+def _problem_ref(status: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{_PROBLEMS[status][0]}"}
+
+
+def _body(schema: str, *, media_types: Iterable[str] = ("application/json",)) -> dict[str, Any]:
+    return {"required": True, "content": {media: {"schema": schema_ref(schema)} for media in media_types}}
+
+
+def _if_match() -> dict[str, str]:
+    return {"$ref": "#/components/parameters/If-Match"}
+
+
+def _list(model: type[KindModel]) -> dict[str, Any]:
+    filters = [{"$ref": f"#/components/parameters/{_filter_key(model, info)}"} for info in _filters(model)]
+    return {
+        "operationId": f"list{_camel_plural(model)}",
+        "summary": f"List {_plural_words(model)}",
+        "description": f"{model.summary}\n\nOldest first, a page at a time. Filters are equality on a field.".strip(),
+        "parameters": [
+            {"$ref": "#/components/parameters/limit"},
+            {"$ref": "#/components/parameters/after"},
+            *filters,
+        ],
+        "responses": {
+            "200": {
+                "description": f"A page of {_plural_words(model)}.",
+                "content": {"application/json": {"schema": schema_ref(f"{model.kind}List")}},
+            },
+            **_problems("422", "503"),
+        },
+    }
+
+
+def _create(model: type[KindModel]) -> dict[str, Any]:
+    return {
+        "operationId": f"create{model.kind}",
+        "summary": f"Create a {model.kind}",
+        "requestBody": _body(f"{model.kind}Create"),
+        "responses": {
+            "201": _object_response(model, f"The {model.kind} as stored.", headers=(*_etag(model), "Location")),
+            **_problems("400", "409", "413", "415", "422", "503"),
+        },
+    }
+
+
+def _get(model: type[KindModel]) -> dict[str, Any]:
+    return {
+        "operationId": f"get{model.kind}",
+        "summary": f"Get a {model.kind}",
+        "responses": {
+            "200": _object_response(model, f"The {model.kind}.", headers=_etag(model)),
+            **_problems("404", "503"),
+        },
+    }
+
+
+def _patch(model: type[KindModel]) -> dict[str, Any]:
+    return {
+        "operationId": f"update{model.kind}",
+        "summary": f"Change some fields of a {model.kind}",
+        "parameters": [_if_match()],
+        "requestBody": _body(f"{model.kind}Update", media_types=("application/json", "application/merge-patch+json")),
+        "responses": {
+            "200": _object_response(model, f"The {model.kind} as changed.", headers=("ETag",)),
+            **_problems("400", "404", "409", "412", "413", "415", "422", "503"),
+        },
+    }
+
+
+def _put(model: type[KindModel]) -> dict[str, Any]:
+    return {
+        "operationId": f"replace{model.kind}",
+        "summary": f"Replace a {model.kind} (every writable field)",
+        "parameters": [_if_match()],
+        "requestBody": _body(f"{model.kind}Replace"),
+        "responses": {
+            "200": _object_response(model, f"The {model.kind} as replaced.", headers=("ETag",)),
+            **_problems("400", "404", "409", "412", "413", "415", "422", "503"),
+        },
+    }
+
+
+def _delete(model: type[KindModel]) -> dict[str, Any]:
+    if not issubclass(model, ReconciledModel):
+        return {
+            "operationId": f"delete{model.kind}",
+            "summary": f"Delete a {model.kind}",
+            "responses": {"204": {"description": "Deleted."}, **_problems("404", "503")},
+        }
+    return {
+        "operationId": f"delete{model.kind}",
+        "summary": f"Schedule the deletion of a {model.kind}",
+        "description": f"{model.summary}\n\nThe reconciler removes it; GET answers 404 once it has.".strip(),
+        "parameters": [_if_match()],
+        "responses": {
+            "202": _object_response(model, "Deletion is scheduled.", headers=("ETag",)),
+            **_problems("404", "409", "412", "503"),
+        },
+    }
+
+
+def _versions(model: type[KindModel]) -> dict[str, Any]:
+    return {
+        "operationId": f"get{model.kind}Versions",
+        "summary": f"API versions that serve {model.kind}",
+        "responses": {
+            "200": {
+                "description": "The versions.",
+                "content": {"application/json": {"schema": schema_ref("KindVersions")}},
+            }
+        },
+    }
+
+
+_KIND_OPERATIONS: dict[tuple[str, str], Callable[[type[KindModel]], dict[str, Any]]] = {
+    ("collection", "get"): _list,
+    ("collection", "post"): _create,
+    ("item", "get"): _get,
+    ("item", "patch"): _patch,
+    ("item", "put"): _put,
+    ("item", "delete"): _delete,
+    ("versions", "get"): _versions,
+}
+
+
+# The API's own routes -------------------------------------------------------------
+
+
+def _json_answer(operation_id: str, summary: str, schema: str, **extra: Any) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        operation = {
+            "operationId": operation_id,
+            "summary": summary,
+            "tags": ["API"],
+            "responses": {
+                "200": {"description": summary, "content": {"application/json": {"schema": schema_ref(schema)}}}
+            },
+        }
+        operation.update(extra)
+        return operation
+
+    return build
+
+
+def _readiness() -> dict[str, Any]:
+    operation = _json_answer("getReadiness", "Whether the API's dependencies answer", "Readiness")()
+    operation["responses"]["503"] = {
+        "description": "A dependency does not answer; `checks` says which and why.",
+        "content": {"application/problem+json": {"schema": schema_ref("Problem")}},
+    }
+    return operation
+
+
+def _docs() -> dict[str, Any]:
+    return {
+        "operationId": "getDocs",
+        "summary": "This document as a web page",
+        "tags": ["API"],
+        "responses": {
+            "200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+        },
+    }
+
+
+_API_OPERATIONS: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
+    ("/healthz", "get"): _json_answer("getHealth", "Whether the API process answers", "Health"),
+    ("/readyz", "get"): _readiness,
+    ("/version", "get"): _json_answer("getVersion", "The server's version and the API versions it serves", "Version"),
+    (f"/{API_VERSION}/kinds", "get"): _json_answer(
+        "listKinds", "Every kind, its path, routes and fields", "KindCatalog"
+    ),
+    ("/openapi.json", "get"): _json_answer("getOpenApiDocument", "This OpenAPI document", "OpenApiDocument"),
+    ("/docs", "get"): _docs,
+}
+
+
+# Components -----------------------------------------------------------------------
+
+
+def _components(kinds: list[type[KindModel]]) -> dict[str, Any]:
+    schemas = dict(_SHARED_SCHEMAS)
+    parameters = dict(_SHARED_PARAMETERS)
+    for model in kinds:
+        schemas.update(_kind_schemas(model))
+        for info in _filters(model):
+            parameters[_filter_key(model, info)] = _filter_parameter(info)
+    return {
+        "schemas": schemas,
+        "parameters": parameters,
+        "headers": {
+            "ETag": {
+                "description": "The object's resource_version, quoted; send it back as If-Match.",
+                "schema": {"type": "string"},
+            },
+            "Location": {"description": "Where the new object is served.", "schema": {"type": "string"}},
+        },
+        "responses": {
+            name: {
+                "description": when,
+                "content": {"application/problem+json": {"schema": schema_ref("Problem")}},
+            }
+            for name, when in _PROBLEMS.values()
+        },
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token of the deployment (THREEPORT_API_TOKEN).",
+            }
+        },
+    }
+
+
+def _kind_schemas(model: type[KindModel]) -> dict[str, Any]:
+    infos = fields_of(model).values()
+    shown = [info for info in infos if not info.secret]
+    writable = [info for info in infos if info.writable]
+    schemas: dict[str, Any] = {
+        model.kind: {
+            "type": "object",
+            "description": model.summary or model.kind,
+            "properties": {
+                "kind": {"const": model.kind, "description": "The kind's name."},
+                **{info.name: _property(info, read_only=not info.writable) for info in shown},
+            },
+            "required": ["kind", *(info.name for info in shown)],
+        },
+        f"{model.kind}List": {
+            "type": "object",
+            "description": f"A page of {_plural_words(model)}.",
+            "properties": {
+                "items": {"type": "array", "items": schema_ref(model.kind)},
+                "next": {
+                    "anyOf": [{"type": "string"}, {"type": "null"}],
+                    "description": "The cursor of the next page (pass it as `after`); null on the last page.",
+                },
+            },
+            "required": ["items", "next"],
+        },
+    }
+    if _writable(model):
+        schemas[f"{model.kind}Create"] = _body_schema(
+            model, writable, required=[i.name for i in writable if i.required], what="creates"
+        )
+    if issubclass(model, ReconciledModel):
+        schemas[f"{model.kind}Update"] = _body_schema(model, writable, required=[], what="changes (PATCH)")
+        schemas[f"{model.kind}Replace"] = _body_schema(
+            model, writable, required=[i.name for i in writable], what="replaces (PUT: every writable field)"
+        )
+    return schemas
+
+
+def _body_schema(model: type[KindModel], infos: list[FieldInfo], *, required: list[str], what: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "description": f"What a client {what} of a {model.kind}.",
+        "properties": {info.name: _property(info, write_only=info.secret) for info in infos},
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _property(info: FieldInfo, *, read_only: bool = False, write_only: bool = False) -> dict[str, Any]:
+    schema = info.value_schema()
+    if info.description:
+        schema["description"] = info.description
+    if info.references:
+        schema["x-references"] = info.references
+    if read_only:
+        schema["readOnly"] = True
+    if write_only:
+        schema["writeOnly"] = True
+    return schema
+
+
+def _filters(model: type[KindModel]) -> list[FieldInfo]:
+    return [
+        info
+        for info in fields_of(model).values()
+        if filterable(info) and info.name not in ("limit", "after")
+    ]
+
+
+def _filter_key(model: type[KindModel], info: FieldInfo) -> str:
+    return f"{model.kind}.{info.name}"
+
+
+def _filter_parameter(info: FieldInfo) -> dict[str, Any]:
+    schema = {key: value for key, value in info.schema.items() if key != "default"}
+    description = f"Only the objects whose {info.name} equals this value."
+    if info.description:
+        description += f" ({info.description})"
+    return {"name": info.name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_SHARED_PARAMETERS: dict[str, Any] = {
+    "limit": {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "How many objects a page holds.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 50},
+    },
+    "after": {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The `next` cursor of the previous page.",
+        "schema": {"type": "string"},
+    },
+    "object_id": {
+        "name": "object_id",
+        "in": "path",
+        "required": True,
+        "description": "The object's id (any other text is a 404).",
+        "schema": {"type": "string", "format": "uuid"},
+    },
+    "If-Match": {
+        "name": "If-Match",
+        "in": "header",
+        "required": False,
+        "description": "The resource_version (ETag) the write expects; 412 when the object has moved on.",
+        "schema": {"type": "string"},
+    },
+}
+
+_SHARED_SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "An error (RFC 9457 problem details).",
+        "properties": {
+            "type": {"type": "string", "description": "Always about:blank: the status says what kind of error."},
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": {"type": "string", "description": "What went wrong, naming the field or object."},
+            "instance": {"type": "string", "description": "The path asked for."},
+            "request_id": {"type": "string", "description": "The request's X-Request-Id, to quote when reporting."},
+            "errors": {"description": "Details of several errors, when there are."},
+            "checks": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Readiness: each dependency check's result.",
+            },
+        },
+        "required": ["type", "title", "status"],
+    },
+    "Health": {
+        "type": "object",
+        "properties": {"status": {"const": "ok"}},
+        "required": ["status"],
+    },
+    "Readiness": {
+        "type": "object",
+        "properties": {
+            "status": {"const": "ready"},
+            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        "required": ["status", "checks"],
+    },
+    "Version": {
+        "type": "object",
+        "properties": {
+            "server": {"type": "string", "description": "The server package's version."},
+            "api_versions": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["server", "api_versions"],
+    },
+    "KindVersions": {
+        "type": "object",
+        "properties": {"kind": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}}},
+        "required": ["kind", "versions"],
+    },
+    "KindCatalog": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": schema_ref("KindDescription")}},
+        "required": ["items"],
+    },
+    "KindDescription": {
+        "type": "object",
+        "description": "One kind, for clients that adapt to the server they talk to.",
+        "properties": {
+            "kind": {"type": "string"},
+            "plural": {"type": "string"},
+            "path": {"type": "string"},
+            "summary": {"type": "string"},
+            "reconciled": {"type": "boolean"},
+            "queue": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "depends_on": {"type": "array", "items": {"type": "string"}},
+            "writable": {"type": "boolean"},
+            "fields": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "schema": {"type": "object"},
+                        "writable": {"type": "boolean"},
+                        "required": {"type": "boolean"},
+                        "secret": {"type": "boolean"},
+                        "references": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                        "description": {"type": "string"},
+                    },
+                    "required": ["name", "schema", "writable", "required", "secret", "references", "description"],
+                },
+            },
+        },
+        "required": ["kind", "plural", "path", "summary", "reconciled", "queue", "depends_on", "writable", "fields"],
+    },
+    "OpenApiDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
+}
