@@ -5,7 +5,8 @@ waits, or fails (reason, message, time); ``GET /v0/events?object_id=…``
 lists them. As in Kubernetes, an event that repeats the object's latest one
 (same reason and message) bumps its ``count`` and ``last_seen`` rather than
 adding a row, so an object waiting on a dependency for an hour is one
-event, not hundreds. An object's events go with its row.
+event, not hundreds. Recording is one SQL statement, as it runs in every
+reconcile. An object's events go with its row.
 """
 
 from __future__ import annotations
@@ -44,28 +45,37 @@ class Event(RecordModel):
         indexes = ((("object_id", "created_at"), False),)
 
 
+#: One statement: bump the object's latest event when it is the same, or insert a new one.
+_RECORD = """
+WITH latest AS (
+    SELECT id, type, reason, message FROM events WHERE object_id = %(object_id)s
+    ORDER BY last_seen DESC, created_at DESC LIMIT 1
+), bumped AS (
+    UPDATE events SET count = count + 1, last_seen = %(now)s
+    WHERE id = (SELECT id FROM latest WHERE type = %(type)s AND reason = %(reason)s AND message = %(message)s)
+    RETURNING id
+)
+INSERT INTO events (id, created_at, object_kind, object_id, type, reason, message, count, last_seen)
+SELECT %(id)s, %(now)s, %(object_kind)s, %(object_id)s, %(type)s, %(reason)s, %(message)s, 1, %(now)s
+WHERE NOT EXISTS (SELECT 1 FROM bumped)
+"""
+
+
 @transactional
 def record_event(
     object_kind: str, object_id: uuid.UUID | str, reason: str, message: str, *, type: str = NORMAL
-) -> Event:
+) -> None:
     """Record that ``reason``/``message`` happened to the object (a repeat of its latest event counts up)."""
-    object_id = object_id if isinstance(object_id, uuid.UUID) else uuid.UUID(str(object_id))
-    latest = (
-        Event.select()
-        .where(Event.object_id == object_id)
-        .order_by(Event.last_seen.desc(), Event.created_at.desc())
-        .first()
-    )
-    now = utcnow()
-    if latest is not None and (latest.reason, latest.message, latest.type) == (reason, message, type):
-        Event.update(count=Event.count + 1, last_seen=now).where(Event.id == latest.id).execute()
-        latest.count += 1
-        latest.last_seen = now
-        return latest
-    event = Event(object_kind=object_kind, object_id=object_id, type=type, reason=reason, message=message)
-    event.created_at = event.last_seen = now
-    event.save(force_insert=True)
-    return event
+    params = {
+        "id": str(uuid.uuid4()),
+        "now": utcnow(),
+        "object_kind": object_kind,
+        "object_id": str(object_id if isinstance(object_id, uuid.UUID) else uuid.UUID(str(object_id))),
+        "type": type,
+        "reason": reason,
+        "message": message,
+    }
+    Event._meta.database.execute_sql(_RECORD, params)
 
 
 @on_removal
