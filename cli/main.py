@@ -2,14 +2,15 @@
 
 Each group of verbs lives in its own module and is mounted here; the
 environment is read only at this edge (``NATS_URL``, ``THREEPORT_PREFIX``,
-``THREEPORT_HOME``).
+``THREEPORT_HOME``, and the client config's ``THREEPORT_CONFIG``,
+``THREEPORT_API_URL``, ``THREEPORT_API_TOKEN``).
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import api, migrate, queues, up, worker
+from . import api, config, migrate, objects, queues, up, worker
 
 app = typer.Typer(
     name="threeport",
@@ -17,6 +18,27 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", help="Show each API request (method, URL, status) on stderr."),
+) -> None:
+    """Threeport: a control plane for apps and their infrastructure."""
+    ctx.meta[objects.VERBOSE] = verbose
+
+
+# The control plane's objects
+app.command("apply")(objects.apply)
+app.command("get")(objects.get)
+app.command("describe")(objects.describe)
+app.command("delete")(objects.delete)
+app.command("wait")(objects.wait)
+app.command("events")(objects.events)
+app.command("version")(objects.version)
+app.add_typer(config.app, name="config", help="The control planes this client talks to.")
+# Running a control plane
 app.add_typer(queues.app, name="queues")
 app.command("up")(up.up)
 app.command("api")(api.serve)

@@ -6,6 +6,12 @@ second run reuses them; with ``NATS_URL`` / ``DATABASE_URL`` set it uses those
 instead. Then it migrates, starts the API under gunicorn and the worker
 processes, prints where the API listens and its token, and runs until Ctrl-C
 or SIGTERM, when it stops every process it started, newest first.
+
+The API and workers get the secret-field encryption key from
+``THREEPORT_ENCRYPTION_KEY``, or one generated on the first run and kept
+(mode 0600) under ``THREEPORT_HOME``. The control plane is registered in the
+client config (:mod:`cli.config`) as ``local`` and made current, so the
+client verbs (``threeport get``, ``apply``, ...) talk to it at once.
 """
 
 from __future__ import annotations
@@ -26,13 +32,19 @@ import typer
 from rich.console import Console
 
 from models import StoreError, database_from_url, migrate
+from models.secrets import ENV_VAR as ENCRYPTION_KEY_VAR
+from models.secrets import generate_key
 
+from . import config as client_config
 from .local_servers import NatsServer, PostgresServer, ServerError
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_POSTGRES_PORT = 25432
 DEFAULT_API_PORT = 1323
 CONFIG_FILE = "config.json"
+ENCRYPTION_KEY_FILE = "encryption.key"
+#: The name ``up`` registers its control plane under in the client config.
+CONTROL_PLANE_NAME = "local"
 
 console = Console()
 
@@ -63,7 +75,13 @@ def up(
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from None
         token = _token(home)
-        env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url, "THREEPORT_API_TOKEN": token}
+        env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "DATABASE_URL": database_url,
+            "THREEPORT_API_TOKEN": token,
+            ENCRYPTION_KEY_VAR: _encryption_key(home),
+        }
         api_url = f"http://127.0.0.1:{api_port}"
         children = [_spawn(["api", "--host", "127.0.0.1", "--port", str(api_port)], env, running)]
         if _has_command("worker"):
@@ -74,6 +92,7 @@ def up(
         if not _wait_for(f"{api_url}/healthz", signals, children):
             console.print("[red]error:[/] the API did not come up; see the output above")
             raise typer.Exit(1)
+        _register(api_url=api_url, token=token)
         console.print(f"API listening on [bold]{api_url}[/]  token: [bold]{token}[/]")
         console.print(f"Client config saved to {home / CONFIG_FILE}. Press Ctrl-C to stop.")
         while not signals:
@@ -135,6 +154,37 @@ def _save_config(home: Path, *, api_url: str, token: str) -> None:
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     path.write_text(json.dumps({"api_url": api_url, "token": token}, indent=2) + "\n")
+
+
+def _encryption_key(home: Path) -> str:
+    """THREEPORT_ENCRYPTION_KEY, else the key an earlier run saved, else a new one, saved with mode 0600.
+
+    A saved key is never replaced: the secrets stored with it could no longer be read.
+    """
+    if os.environ.get(ENCRYPTION_KEY_VAR):
+        return os.environ[ENCRYPTION_KEY_VAR]
+    path = home / ENCRYPTION_KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
+    key = generate_key()
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(key + "\n")
+    console.print(f"Generated the secret-field encryption key in {path} (keep it: secrets need it).")
+    return key
+
+
+def _register(*, api_url: str, token: str) -> None:
+    """Make this control plane the client config's current one, as ``local``."""
+    path = client_config.config_path()
+    try:
+        config = client_config.load(path)
+        plane = client_config.ControlPlane(name=CONTROL_PLANE_NAME, api_url=api_url, token=token)
+        config.add(plane, use=True)
+        client_config.save(config, path)
+    except client_config.ConfigError as exc:
+        console.print(f"[yellow]warning:[/] the client config was not updated: {exc}")
+        return
+    console.print(f"Client config: control plane {CONTROL_PLANE_NAME!r} (current) in {path}.")
 
 
 def _has_command(name: str) -> bool:

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cli.local_servers import free_port
 
@@ -54,9 +55,17 @@ def home():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def start(home: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "THREEPORT_API_TOKEN")}
+@pytest.fixture
+def client_config(tmp_path) -> Path:
+    """Where `threeport up` registers itself (THREEPORT_CONFIG), so the user's own config is never touched."""
+    return tmp_path / "client" / "config.yaml"
+
+
+def start(home: Path, ports: dict[str, int], client_config: Path) -> tuple[subprocess.Popen, str, str]:
+    unset = ("NATS_URL", "DATABASE_URL", "THREEPORT_API_TOKEN", "THREEPORT_ENCRYPTION_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
+        THREEPORT_CONFIG=str(client_config),
         THREEPORT_HOME=str(home),
         THREEPORT_NATS_PORT=str(ports["nats"]),
         THREEPORT_POSTGRES_PORT=str(ports["postgres"]),
@@ -77,11 +86,29 @@ def stop(proc: subprocess.Popen) -> int:
     return proc.wait(60)
 
 
-def test_up_runs_everything_stops_cleanly_and_keeps_its_data(home):
+def test_up_runs_everything_stops_cleanly_and_keeps_its_data(home, client_config):
     # Given `threeport up` on free ports with its data in a fresh home
     ports = {"nats": free_port(), "postgres": free_port(), "api": free_port()}
-    proc, api_url, token = start(home, ports)
+    proc, api_url, token = start(home, ports, client_config)
     try:
+        # Then it registered itself in the client config as the current control plane, readable by me only
+        assert yaml.safe_load(client_config.read_text()) == {
+            "current": "local",
+            "control_planes": [{"name": "local", "api_url": api_url, "token": token}],
+        }
+        assert client_config.stat().st_mode & 0o777 == 0o600
+        # And it generated the secret-field key, readable by me only, and gave it to the API: secrets can be stored
+        key = (home / "encryption.key").read_text().strip()
+        assert (home / "encryption.key").stat().st_mode & 0o777 == 0o600
+        account = {
+            "name": "main",
+            "account_id": "123456789012",
+            "default_region": "us-east-1",
+            "access_key_id": "AKIAEXAMPLE",
+            "secret_access_key": "s3cret",
+        }
+        assert "secret_access_key" not in call("POST", f"{api_url}/v0/aws-accounts", token, account)
+
         # When a WorkloadDefinition is created through the API it printed
         created = call("POST", f"{api_url}/v0/workload-definitions", token, {"name": "web", "yaml_document": YAML})
         assert created["generation"] == 1
@@ -111,10 +138,13 @@ def test_up_runs_everything_stops_cleanly_and_keeps_its_data(home):
     time.sleep(0.5)
     assert not any(listening(p) for p in ports.values())
 
-    # And a second run reuses the data and the token
-    proc, api_url, second_token = start(home, ports)
+    # And a second run reuses the data, the token and the key
+    proc, api_url, second_token = start(home, ports, client_config)
     try:
         assert second_token == token
+        assert (home / "encryption.key").read_text().strip() == key
+        # (reading the account decrypts its secrets: it fails with any other key)
+        assert [a["name"] for a in call("GET", f"{api_url}/v0/aws-accounts", token)["items"]] == ["main"]
         found = call("GET", f"{api_url}/v0/workload-definitions?name=web", token)
         assert [o["id"] for o in found["items"]] == [created["id"]]
     finally:

@@ -1,0 +1,303 @@
+"""Manifest files: the objects a user declares, checked and put in the order they can be created.
+
+A file holds YAML documents (or JSON), each a ``kind:`` and the object's
+fields by API name. A reference may be given by name, ``workload_definition:
+web`` for ``workload_definition_id: <uuid>``: any field ``X_id`` that
+references a kind may be written ``X: <name>``. A ``kind: Workload``
+document is Threeport's high-level workload, expanded here into the
+definitions and instances it stands for. Everything is checked against the
+kinds ``/v0/kinds`` describes before anything is written, and
+:func:`plan` orders the objects so that referenced ones come first (file
+order otherwise), which is the order to create them in and, reversed, to
+delete them in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, TextIO
+
+import yaml
+
+from .client import Catalog, ClientError, Kind, UnknownKind
+
+__all__ = ["Document", "Manifest", "ManifestError", "read_documents", "plan", "WORKLOAD"]
+
+#: The high-level kind expanded by the CLI.
+WORKLOAD = "Workload"
+#: The optional parts of a Workload: key -> (definition kind, instance kind).
+WORKLOAD_PARTS = {
+    "aws_relational_database": ("AwsRelationalDatabaseDefinition", "AwsRelationalDatabaseInstance"),
+    "aws_object_storage_bucket": ("AwsObjectStorageBucketDefinition", "AwsObjectStorageBucketInstance"),
+    "domain_name": ("DomainNameDefinition", "DomainNameInstance"),
+    "gateway": ("GatewayDefinition", "GatewayInstance"),
+}
+WORKLOAD_KEYS = ("kind", "name", "yaml_document", "yaml_document_path", "kubernetes_runtime_instance", *WORKLOAD_PARTS)
+
+
+class ManifestError(ClientError):
+    """Raised when a manifest file cannot be read, or declares objects that cannot be applied as written."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a file, as written."""
+
+    body: dict[str, Any]
+    #: Where it is, for messages: ``app.yaml, document 2``.
+    source: str
+    #: Where paths in it are relative to (the file's directory).
+    base_dir: Path
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One object a file declares, as the API takes it."""
+
+    kind: Kind
+    name: str
+    #: Fields by API name (a reference given by id included).
+    fields: dict[str, Any]
+    #: References given by name: API field name (``X_id``) -> the referenced object's name.
+    references: dict[str, str] = field(default_factory=dict)
+    #: Where it comes from, for messages: ``app.yaml, document 2 (WorkloadInstance/web)``.
+    source: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies the object: (kind, name)."""
+        return self.kind.kind, self.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.kind}/{self.name}"
+
+    def needs(self) -> list[tuple[str, str]]:
+        """The (kind, name) of every object it references by name."""
+        return [(self.kind.fields[api_name].references, name) for api_name, name in self.references.items()]
+
+
+# Reading -------------------------------------------------------------------------------
+def read_documents(paths: Sequence[str], *, stdin: Optional[TextIO] = None) -> list[Document]:
+    """Every document of the files (``-`` is stdin), in order; ManifestError when one cannot be read."""
+    documents: list[Document] = []
+    for path in paths:
+        if path == "-":
+            text, label, base_dir = (stdin or sys.stdin).read(), "<stdin>", Path.cwd()
+        else:
+            try:
+                text = Path(path).read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ManifestError(f"cannot read {path}: {exc}") from exc
+            label, base_dir = path, Path(path).resolve().parent
+        documents.extend(_documents(text, label=label, base_dir=base_dir))
+    return documents
+
+
+def _documents(text: str, *, label: str, base_dir: Path) -> list[Document]:
+    loaded = _parse(text, label=label)
+    documents = []
+    for index, body in enumerate(loaded, start=1):
+        source = f"{label}, document {index}"
+        if not isinstance(body, dict):
+            raise ManifestError(f"{source}: expected a mapping with 'kind' and fields, not {type(body).__name__}")
+        documents.append(Document(body, source, base_dir))
+    return documents
+
+
+def _parse(text: str, *, label: str) -> list[Any]:
+    """The documents of a YAML stream or a JSON text (an object, or a list of objects)."""
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+            return data if isinstance(data, list) else [data]
+        except ValueError:
+            pass  # YAML in flow style, perhaps
+    try:
+        loaded = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{label}: invalid YAML: {' '.join(str(exc).split())}") from exc
+    # A document that is a list holds several objects (as a JSON array would).
+    return [item for d in loaded for item in (d if isinstance(d, list) else [d])]
+
+
+# Planning ------------------------------------------------------------------------------
+def plan(documents: Iterable[Document], catalog: Catalog) -> list[Manifest]:
+    """The objects the documents declare, checked, Workloads expanded, referenced objects first.
+
+    Raises ManifestError naming the document: an unknown kind or field, a
+    missing name or required field, an object declared twice, or a cycle of
+    references. References to names the file does not declare are left for
+    the caller to find in the control plane.
+    """
+    manifests: list[Manifest] = []
+    seen: dict[tuple[str, str], Manifest] = {}
+    for document in documents:
+        for manifest in _manifests_of(document, catalog):
+            if manifest.key in seen:
+                raise ManifestError(
+                    f"{manifest.source}: {manifest.label} is also declared in {seen[manifest.key].source}"
+                )
+            seen[manifest.key] = manifest
+            manifests.append(manifest)
+    return _dependencies_first(manifests)
+
+
+def _manifests_of(document: Document, catalog: Catalog) -> list[Manifest]:
+    body = dict(document.body)
+    kind_name = body.pop("kind", None)
+    if not isinstance(kind_name, str) or not kind_name:
+        raise ManifestError(f"{document.source}: no 'kind'")
+    if kind_name.lower() == WORKLOAD.lower() and catalog.get(kind_name) is None:
+        return _expand_workload(document, catalog)
+    try:
+        kind = catalog.lookup(kind_name)
+    except UnknownKind as exc:
+        raise ManifestError(f"{document.source}: {exc}") from None
+    return [_manifest(kind, body, source=document.source)]
+
+
+def _manifest(kind: Kind, body: dict[str, Any], *, source: str, label: Optional[str] = None) -> Manifest:
+    """``body`` (fields by API name, or references by name) checked against ``kind``."""
+    name = body.get("name")
+    where = f"{source} ({label or f'{kind.kind}/{name}'})"
+    if not kind.reconciled:
+        raise ManifestError(f"{where}: {kind.kind} objects are written by the control plane, not applied")
+    if not isinstance(name, str) or not name.strip():
+        raise ManifestError(f"{where}: no 'name'")
+    fields: dict[str, Any] = {}
+    references: dict[str, str] = {}
+    aliases = kind.aliases
+    for key, value in body.items():
+        if key in aliases:
+            reference = aliases[key]
+            if reference.name in body:
+                raise ManifestError(f"{where}: give either {key!r} or {reference.name!r}, not both")
+            if value is not None and not isinstance(value, str):
+                raise ManifestError(f"{where}: {key!r} must be the name of a {reference.references}")
+            if value is None:
+                fields[reference.name] = None
+            else:
+                references[reference.name] = value
+        elif key in kind.fields and kind.fields[key].writable:
+            fields[key] = value
+        elif key in kind.fields:
+            raise ManifestError(f"{where}: field {key!r} is managed by the server and cannot be set")
+        else:
+            raise ManifestError(f"{where}: unknown field {key!r} for {kind.kind}{_did_you_mean(key, kind)}")
+    for f in kind.fields.values():
+        if f.required and f.name not in fields and f.name not in references:
+            given_as = f" (or {f.alias!r}: a name)" if f.alias else ""
+            raise ManifestError(f"{where}: missing field {f.name!r}{given_as}")
+    return Manifest(kind=kind, name=name, fields=fields, references=references, source=where)
+
+
+def _did_you_mean(key: str, kind: Kind) -> str:
+    names = [f.name for f in kind.fields.values() if f.writable] + list(kind.aliases)
+    close = difflib.get_close_matches(key, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _dependencies_first(manifests: list[Manifest]) -> list[Manifest]:
+    """Each object after those it references within the list, file order kept otherwise."""
+    declared = {m.key for m in manifests}
+    placed: set[tuple[str, str]] = set()
+    remaining = list(manifests)
+    ordered: list[Manifest] = []
+    while remaining:
+        ready = next((m for m in remaining if all(need in placed or need not in declared for need in m.needs())), None)
+        if ready is None:
+            cycle = "; ".join(m.source for m in remaining)
+            raise ManifestError(f"these documents reference each other in a cycle: {cycle}")
+        remaining.remove(ready)
+        placed.add(ready.key)
+        ordered.append(ready)
+    return ordered
+
+
+# The Workload document -----------------------------------------------------------------
+def _expand_workload(document: Document, catalog: Catalog) -> list[Manifest]:
+    """A ``kind: Workload`` document as its WorkloadDefinition, WorkloadInstance and their parts."""
+    body = document.body
+    name = body.get("name")
+    where = f"{document.source} ({WORKLOAD}/{name})"
+    unknown = [key for key in body if key not in WORKLOAD_KEYS]
+    if unknown:
+        raise ManifestError(
+            f"{where}: unknown key {unknown[0]!r} in a Workload (known: {', '.join(WORKLOAD_KEYS[1:])})"
+        )
+    if not isinstance(name, str) or not name.strip():
+        raise ManifestError(f"{where}: no 'name'")
+    definition_kind, instance_kind = _kind(catalog, "WorkloadDefinition"), _kind(catalog, "WorkloadInstance")
+    instance = {"name": name, _alias_of(instance_kind, definition_kind): name}
+    if body.get("kubernetes_runtime_instance") is not None:
+        instance[_alias_of(instance_kind, _kind(catalog, "KubernetesRuntimeInstance"))] = body[
+            "kubernetes_runtime_instance"
+        ]
+    label = f"{WORKLOAD}/{name}"
+    manifests = [
+        _manifest(
+            definition_kind,
+            {"name": name, "yaml_document": _yaml_document(document, where)},
+            source=document.source,
+            label=label,
+        ),
+        _manifest(instance_kind, instance, source=document.source, label=label),
+    ]
+    for key, (part_definition, part_instance) in WORKLOAD_PARTS.items():
+        part = body.get(key)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise ManifestError(f"{where}: {key!r} must be a mapping of the {part_definition}'s fields")
+        part = dict(part)
+        if key == "gateway" and isinstance(body.get("domain_name"), dict):
+            gateway_kind = _kind(catalog, part_definition)
+            alias = _alias_of(gateway_kind, _kind(catalog, WORKLOAD_PARTS["domain_name"][0]))
+            if alias not in part and f"{alias}_id" not in part:
+                part[alias] = body["domain_name"].get("name")
+        part_label = f"{label} {key}"
+        definition = _manifest(_kind(catalog, part_definition), part, source=document.source, label=part_label)
+        part_kind = _kind(catalog, part_instance)
+        part_fields = {
+            "name": definition.name,
+            _alias_of(part_kind, definition.kind): definition.name,
+            _alias_of(part_kind, instance_kind): name,
+        }
+        manifests += [definition, _manifest(part_kind, part_fields, source=document.source, label=part_label)]
+    return manifests
+
+
+def _yaml_document(document: Document, where: str) -> str:
+    """The workload's Kubernetes YAML: inline, or read from a path relative to the manifest."""
+    inline, path = document.body.get("yaml_document"), document.body.get("yaml_document_path")
+    if (inline is None) == (path is None):
+        raise ManifestError(f"{where}: give one of 'yaml_document' and 'yaml_document_path'")
+    if inline is not None:
+        if not isinstance(inline, str):
+            raise ManifestError(f"{where}: 'yaml_document' must be text")
+        return inline
+    full = document.base_dir / str(path)
+    try:
+        return full.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{where}: cannot read yaml_document_path {str(path)!r}: {exc}") from exc
+
+
+def _kind(catalog: Catalog, name: str) -> Kind:
+    try:
+        return catalog.lookup(name)
+    except UnknownKind as exc:
+        raise ManifestError(f"the API does not serve what a Workload expands into: {exc}") from None
+
+
+def _alias_of(kind: Kind, target: Kind) -> str:
+    """The name under which ``kind`` references ``target`` by name (``workload_instance``)."""
+    for f in kind.fields.values():
+        if f.references == target.kind and f.alias:
+            return f.alias
+    raise ManifestError(f"{kind.kind} has no reference to {target.kind}: the API does not match this client")

@@ -1,0 +1,205 @@
+"""``threeport config``: the client's control planes, in a file of its own per test."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from cli.config import ClientConfig, ConfigError, ControlPlane, current_control_plane, load
+from cli.main import app
+
+TOKEN = "tok-0123456789abcdef"
+
+
+@pytest.fixture
+def config_file(tmp_path, monkeypatch) -> Path:
+    """Where this test's client config lives (THREEPORT_CONFIG), with no overrides in the environment."""
+    path = tmp_path / "threeport" / "config.yaml"
+    monkeypatch.setenv("THREEPORT_CONFIG", str(path))
+    monkeypatch.delenv("THREEPORT_API_URL", raising=False)
+    monkeypatch.delenv("THREEPORT_API_TOKEN", raising=False)
+    return path
+
+
+@pytest.fixture
+def cli(config_file):
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict | None = None) -> Result:
+        return runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
+
+    return invoke
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_add_writes_the_file_0600_and_the_first_control_plane_becomes_current(cli, config_file):
+    # When I add a control plane to an empty config
+    result = cli("config", "add", "prod", "--api-url", "https://tp.example.com/", "--token", TOKEN)
+
+    # Then it is saved, current, readable by me only (it holds the token)
+    assert result.exit_code == 0, result.output
+    assert "'prod' added (current)" in result.stdout
+    assert mode_of(config_file) == 0o600
+    assert yaml.safe_load(config_file.read_text()) == {
+        "current": "prod",
+        "control_planes": [{"name": "prod", "api_url": "https://tp.example.com", "token": TOKEN}],
+    }
+
+    # And a second one is added without taking over, unless asked with --use
+    assert cli("config", "add", "dev", "--api-url", "http://127.0.0.1:1323", "--token", "t2").exit_code == 0
+    assert load(config_file).current == "prod"
+    assert cli("config", "add", "stage", "--api-url", "http://s:1", "--token", "t3", "--use").exit_code == 0
+    assert load(config_file).current == "stage"
+
+
+def test_a_rewrite_keeps_the_file_private_even_if_it_was_opened_up(cli, config_file):
+    # Given a config someone made world-readable
+    cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
+    config_file.chmod(0o644)
+
+    # When the config is changed
+    cli("config", "add", "dev", "--api-url", "http://127.0.0.1:1323", "--token", "t2")
+
+    # Then the file is 0600 again
+    assert mode_of(config_file) == 0o600
+
+
+def test_use_switches_and_list_marks_the_current_one(cli, config_file):
+    # Given two control planes, prod current
+    cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
+    cli("config", "add", "dev", "--api-url", "http://127.0.0.1:1323", "--token", "t2")
+
+    # When I switch to dev
+    result = cli("config", "use", "dev")
+
+    # Then dev is current, and the list marks it
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[-3]: line for line in cli("config", "list").stdout.splitlines()[1:]}
+    assert listed["dev"].startswith("*") and not listed["prod"].startswith("*")
+    assert "http://127.0.0.1:1323" in listed["dev"]
+
+
+def test_show_masks_the_token(cli, config_file):
+    # Given a control plane
+    cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
+
+    # When I show it
+    result = cli("config", "show")
+
+    # Then I see where it is, but only the start of its token
+    assert result.exit_code == 0, result.output
+    assert "https://tp.example.com" in result.stdout
+    assert TOKEN not in result.stdout
+    assert f"{TOKEN[:4]}… ({len(TOKEN)} characters)" in result.stdout
+
+
+def test_remove_forgets_a_control_plane_and_unsets_current(cli, config_file):
+    # Given the current control plane
+    cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
+
+    # When I remove it
+    result = cli("config", "remove", "prod")
+
+    # Then it and its token are gone from the file, and nothing is current
+    assert result.exit_code == 0, result.output
+    assert TOKEN not in config_file.read_text()
+    assert load(config_file) == ClientConfig()
+
+
+def test_the_environment_overrides_the_current_entry(cli, config_file):
+    # Given a current control plane
+    cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
+    env = {"THREEPORT_API_URL": "http://10.0.0.1:1323", "THREEPORT_API_TOKEN": "from-env-token"}
+
+    # When THREEPORT_API_URL and THREEPORT_API_TOKEN are set, then they win over the file
+    plane = current_control_plane(load(config_file), env)
+    assert (plane.name, plane.api_url, plane.token) == ("prod", "http://10.0.0.1:1323", "from-env-token")
+    shown = cli("config", "show", env=env).stdout
+    assert "http://10.0.0.1:1323  (from THREEPORT_API_URL)" in shown
+    assert "from-env-token" not in shown
+
+    # And one of them alone overrides only its own value
+    plane = current_control_plane(load(config_file), {"THREEPORT_API_TOKEN": "other"})
+    assert (plane.api_url, plane.token) == ("https://tp.example.com", "other")
+
+    # And they are enough without any file
+    plane = current_control_plane(ClientConfig(), env)
+    assert (plane.api_url, plane.token) == ("http://10.0.0.1:1323", "from-env-token")
+
+
+def test_without_a_control_plane_client_verbs_say_how_to_get_one(cli, config_file):
+    # Given no config at all
+    assert not config_file.exists()
+
+    # When I use a verb that talks to the API
+    result = cli("get", "workload-definitions")
+
+    # Then one line tells me to run `threeport up` or `threeport config add`
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: no control plane is configured: run `threeport up` or "
+        "`threeport config add NAME --api-url URL --token TOKEN`"
+    ]
+    # And a URL without a token is refused as clearly
+    with pytest.raises(ConfigError, match="no API token for http://x:1"):
+        current_control_plane(ClientConfig(), {"THREEPORT_API_URL": "http://x:1"})
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["config", "use", "nope"], "error: no control plane named 'nope' (configured: prod)"),
+        (["config", "remove", "nope"], "error: no control plane named 'nope' (configured: prod)"),
+        (["config", "show", "nope"], "error: no control plane named 'nope' (configured: prod)"),
+        (
+            ["config", "add", "x", "--api-url", "tp.example.com", "--token", "t"],
+            "error: --api-url must be an http:// or https:// URL, not 'tp.example.com'",
+        ),
+        (
+            ["config", "add", "x", "--api-url", "https://x", "--token", "t", "--ca-cert", "/no/such.pem"],
+            "error: --ca-cert /no/such.pem: no such file",
+        ),
+    ],
+)
+def test_mistakes_are_one_line_errors(cli, args, error):
+    # Given one control plane
+    cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
+
+    # When I name one that does not exist, or give a bad option, then one line says what is wrong
+    result = cli(*args)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [error]
+
+
+def test_a_ca_certificate_is_kept_by_absolute_path(cli, config_file, tmp_path, monkeypatch):
+    # Given a CA certificate named relative to where I am
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.chdir(tmp_path)
+
+    # When I add a control plane with it
+    result = cli("config", "add", "prod", "--api-url", "https://tp", "--token", TOKEN, "--ca-cert", "ca.pem")
+
+    # Then the config holds its absolute path, whatever directory the client runs from later
+    assert result.exit_code == 0, result.output
+    assert load(config_file).named("prod") == ControlPlane(
+        name="prod", api_url="https://tp", token=TOKEN, ca_cert=str(tmp_path / "ca.pem")
+    )
+
+
+def test_a_malformed_file_is_one_line_error(cli, config_file):
+    # Given a config file that is not what the client writes
+    config_file.parent.mkdir(parents=True)
+    config_file.write_text("control_planes:\n  - {name: a, url: http://x}\n")
+
+    # When I list the control planes, then one line names the file
+    result = cli("config", "list")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: the client config {config_file} is malformed")
+    assert len(result.stderr.strip().splitlines()) == 1
