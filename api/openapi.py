@@ -26,7 +26,7 @@ from models.store import MAX_PAGE_SIZE
 from models.validation import filterable
 
 from .discovery import server_version
-from .resources import API_VERSION
+from .resources import API_VERSION, LIST_PARAMETERS
 
 __all__ = ["openapi_document", "OpenApi", "routed_operations", "schema_ref", "OPENAPI_VERSION"]
 
@@ -271,10 +271,12 @@ def _list(model: type[KindModel]) -> dict[str, Any]:
     return {
         "operationId": f"list{_camel_plural(model)}",
         "summary": f"List {_plural_words(model)}",
-        "description": f"{model.summary}\n\nOldest first, a page at a time. Filters are equality on a field.".strip(),
+        "description": f"{model.summary}\n\nOldest first (or newest first with `order=desc`), a page at a time. "
+        "Filters are equality on a field.".strip(),
         "parameters": [
             {"$ref": "#/components/parameters/limit"},
             {"$ref": "#/components/parameters/after"},
+            {"$ref": "#/components/parameters/order"},
             *filters,
         ],
         "responses": {
@@ -535,7 +537,7 @@ def _filters(model: type[KindModel]) -> list[FieldInfo]:
     return [
         info
         for info in fields_of(model).values()
-        if filterable(info) and info.name not in ("limit", "after")
+        if filterable(info) and info.name not in LIST_PARAMETERS
     ]
 
 
@@ -565,6 +567,13 @@ _SHARED_PARAMETERS: dict[str, Any] = {
         "required": False,
         "description": "The `next` cursor of the previous page.",
         "schema": {"type": "string"},
+    },
+    "order": {
+        "name": "order",
+        "in": "query",
+        "required": False,
+        "description": "By creation time: `asc` oldest first, `desc` newest first.",
+        "schema": {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
     },
     "object_id": {
         "name": "object_id",

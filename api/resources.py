@@ -38,6 +38,7 @@ __all__ = [
     "Versions",
     "as_json",
     "Publisher",
+    "LIST_PARAMETERS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 #: Publishes committed outbox rows (the fast path); failures are logged, never raised.
 Publisher = Callable[[Sequence[Outbox]], None]
 API_VERSION = "v0"
+#: Query parameters of a list that are not filters.
+LIST_PARAMETERS = frozenset({"limit", "after", "order"})
 
 
 def as_json(obj: KindModel) -> dict[str, Any]:
@@ -101,11 +104,16 @@ class Collection(_KindResource):
         params = dict(req.params)
         limit = params.pop("limit", "50")
         after = params.pop("after", None)
+        order = params.pop("order", "asc")
         try:
             limit_value = int(limit)
         except ValueError:
             raise falcon.HTTPUnprocessableEntity(title="Invalid Query", description="limit must be a number") from None
-        items, next_cursor = store.list_objects(self.model, limit=limit_value, after=after, filters=params)
+        if order not in ("asc", "desc"):
+            raise falcon.HTTPUnprocessableEntity(title="Invalid Query", description="order must be 'asc' or 'desc'")
+        items, next_cursor = store.list_objects(
+            self.model, limit=limit_value, after=after, filters=params, newest_first=order == "desc"
+        )
         resp.media = {"items": [as_json(o) for o in items], "next": next_cursor}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:

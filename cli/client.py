@@ -254,7 +254,10 @@ class ApiClient:
 
     # Objects -----------------------------------------------------------------------------
     def list_objects(self, kind: Kind, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Every object of ``kind`` matching ``filters`` (equality), oldest first, page after page."""
+        """Every object of ``kind`` matching ``filters`` (equality), page after page.
+
+        Oldest first; newest first with ``order="desc"`` among the filters.
+        """
         after: Optional[str] = None
         while True:
             params = {**filters, "limit": PAGE_SIZE}

@@ -12,8 +12,8 @@ shows every request.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
+import itertools
 import json
 import time
 import uuid
@@ -230,8 +230,7 @@ def events(
             obj = _find(client, client.kind(kind), name)
             items = list(client.list_objects(event_kind, object_id=obj["id"]))
         else:
-            # The API lists oldest first: read every page, keep the latest.
-            items = list(collections.deque(client.list_objects(event_kind), maxlen=limit))
+            items = list(itertools.islice(client.list_objects(event_kind, order="desc"), limit))
         items.sort(key=lambda e: e.get("last_seen") or "")
         if output is not Output.table:
             _print_data(items, output)

@@ -1,10 +1,12 @@
 """Kubernetes runtimes: where workloads run.
 
 A :class:`KubernetesRuntimeDefinition` says how a cluster comes to be
-(``eks``: the control plane builds it on AWS; ``kubernetes``: it exists
-already); a :class:`KubernetesRuntimeInstance` is one cluster, with how to
-reach it. For an existing cluster the user gives the API endpoint, its CA
-and credentials (a client certificate and key, a bearer token or a whole
+(``eks``: the control plane builds it on AWS, as the
+``AwsEksKubernetesRuntimeDefinition`` that references it says, in the
+account that one names; ``kubernetes``: it exists already); a
+:class:`KubernetesRuntimeInstance` is one cluster, with how to reach it.
+For an existing cluster the user gives the API endpoint, its CA and
+credentials (a client certificate and key, a bearer token or a whole
 kubeconfig); for ``eks`` the EKS reconciler fills them in. One instance may
 be the default runtime, used by workloads that name none. Reconciled on the
 ``kubernetes`` queue.
@@ -37,9 +39,6 @@ class KubernetesRuntimeDefinition(ReconciledModel):
     infra_provider = peewee.TextField(
         choices=[(p, p) for p in INFRA_PROVIDERS],
         help_text="'eks' to have the control plane build the cluster on AWS; 'kubernetes' for an existing cluster.",
-    )
-    infra_provider_account_name = peewee.TextField(
-        null=True, help_text="The AwsAccount (by name) an 'eks' runtime is built in."
     )
     high_availability = peewee.BooleanField(
         default=False, help_text="Spread the cluster over three availability zones rather than two."

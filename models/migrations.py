@@ -107,7 +107,6 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             f"""CREATE TABLE kubernetes_runtime_definitions ({_LIFECYCLE_COLUMNS_0001},
     infra_provider TEXT NOT NULL,
-    infra_provider_account_name TEXT,
     high_availability BOOLEAN NOT NULL,
     CONSTRAINT kubernetes_runtime_definitions_name_key UNIQUE (name)
 )""",

@@ -226,8 +226,11 @@ def list_objects(
     limit: int = 50,
     after: Optional[str] = None,
     filters: Optional[Mapping[str, Any]] = None,
+    newest_first: bool = False,
 ) -> tuple[list[K], Optional[str]]:
-    """One page of objects, oldest first, and the cursor of the next page (None on the last).
+    """One page of objects, oldest first (newest first with ``newest_first``), and the next page's cursor.
+
+    The cursor is None on the last page.
 
     Pages are keyset-paginated on (``created_at``, ``id``): a page is stable
     under concurrent inserts and costs the same however deep. ``filters``
@@ -241,10 +244,13 @@ def list_objects(
     for name, value in (filters or {}).items():
         field, value = filter_value(model, name, value)
         query = query.where(field == value)
+    key = peewee.Tuple(model.created_at, model.id)
     if after is not None:
         created_at, object_id = _decode_cursor(after)
-        query = query.where(peewee.Tuple(model.created_at, model.id) > peewee.Tuple(created_at, object_id))
-    rows = list(query.order_by(model.created_at, model.id).limit(limit + 1))
+        cursor = peewee.Tuple(created_at, object_id)
+        query = query.where(key < cursor if newest_first else key > cursor)
+    order = (model.created_at.desc(), model.id.desc()) if newest_first else (model.created_at, model.id)
+    rows = list(query.order_by(*order).limit(limit + 1))
     page = rows[:limit]
     return page, (_encode_cursor(page[-1]) if len(rows) > limit else None)
 
