@@ -165,6 +165,12 @@ class AwsRelationalDatabaseInstance(ReconciledModel):
     workload_instance = peewee.ForeignKeyField(
         WorkloadInstance, backref="+", help_text="The workload that uses it (gets the connection Secret)."
     )
+    master_password = EncryptedField(
+        null=True, help_text="The generated master password (set by the reconciler; secret, never shown)."
+    )
+
+    #: The password is the reconciler's (see models.store.write_fields), not the client's.
+    spec_fields = ("aws_relational_database_definition", "workload_instance")
 
     class Meta:
         table_name = "aws_relational_database_instances"

@@ -241,6 +241,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"""CREATE TABLE aws_relational_database_instances ({_LIFECYCLE_COLUMNS_0001},
     aws_relational_database_definition_id UUID NOT NULL REFERENCES aws_relational_database_definitions (id),
     workload_instance_id UUID NOT NULL REFERENCES workload_instances (id),
+    master_password TEXT,
     CONSTRAINT aws_relational_database_instances_name_key UNIQUE (name)
 )""",
             """CREATE INDEX aws_relational_database_instances_created_at_id

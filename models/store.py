@@ -23,7 +23,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, Optional, TypeVar
 
 import peewee
 
-from .base import KindModel, ReconciledModel, RecordModel, utcnow
+from .base import LIFECYCLE_FIELDS, KindModel, ReconciledModel, RecordModel, utcnow
 from .errors import Conflict, InvalidObject, NotFound, PreconditionFailed, sqlstate
 from .outbox import Outbox
 from .transactions import transactional
@@ -37,6 +37,8 @@ __all__ = [
     "schedule_deletion",
     "confirm_deletion",
     "write_status",
+    "merge_status",
+    "write_fields",
     # Records
     "create_record",
     "delete_record",
@@ -193,12 +195,14 @@ def write_status(
     ``observed=False`` records the status without marking the generation
     observed (a temporary failure that will be retried). ``flags`` are
     lifecycle flags from :data:`STATUS_FLAGS`; those not given keep their value.
+    ``status`` keys replace those of the stored status; other keys stay (a
+    reconciler's ``inventory``, say: see :func:`merge_status`).
     """
     unknown = set(flags) - STATUS_FLAGS
     if unknown:
         raise TypeError(f"write_status() got unknown flags {sorted(unknown)}")
     values: dict[str, Any] = {
-        "status": checked_status(status),
+        "status": model.status.concat(checked_status(status)),
         "updated_at": utcnow(),
         "resource_version": model.resource_version + 1,
         **flags,
@@ -208,6 +212,37 @@ def write_status(
     object_uuid = _parse_id(model, object_id)
     query = model.update(values).where((model.id == object_uuid) & (model.generation == generation))
     return query.execute() == 1
+
+
+@transactional
+def merge_status(model: type[ReconciledModel], object_id: uuid.UUID | str, status: Mapping[str, Any]) -> bool:
+    """Merge ``status`` keys into an object's status whatever its generation: whether it is still there.
+
+    For what a reconciler must not lose, such as the inventory of the cloud
+    resources it made so far: those exist whichever generation made them.
+    Neither the generation nor the lifecycle flags change.
+    """
+    values = {
+        "status": model.status.concat(checked_status(status)),
+        "updated_at": utcnow(),
+        "resource_version": model.resource_version + 1,
+    }
+    return model.update(values).where(model.id == _parse_id(model, object_id)).execute() == 1
+
+
+@transactional
+def write_fields(model: type[ReconciledModel], object_id: uuid.UUID | str, values: Mapping[str, Any]) -> bool:
+    """Set fields the reconciler owns (neither a client's nor the lifecycle's): whether the object is still there.
+
+    Such as a generated password: no new generation, no outbox row. Raises
+    TypeError for a field a client writes or the lifecycle manages.
+    """
+    owned = set(model._meta.fields) - set(model.user_fields()) - LIFECYCLE_FIELDS
+    wrong = set(values) - owned
+    if wrong:
+        raise TypeError(f"write_fields() cannot set {sorted(wrong)} of {model.kind}")
+    changes = {**values, "updated_at": utcnow(), "resource_version": model.resource_version + 1}
+    return model.update(changes).where(model.id == _parse_id(model, object_id)).execute() == 1
 
 
 # Reads ----------------------------------------------------------------------------

@@ -90,4 +90,5 @@ def nats_call(broker: JetStreamBroker, fn):
     return bridge.run(call(), 10)
 
 
+from .aws import aws_endpoint, moto_server  # noqa: E402, F401
 from .postgres import database, empty_database_url, postgres_server  # noqa: E402, F401

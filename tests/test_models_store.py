@@ -439,3 +439,36 @@ def test_the_registry_finds_kinds_by_name_and_plural():
         class Impostor(WorkloadDefinition):
             kind = "WorkloadDefinition"
             plural = "impostors"
+
+
+def test_status_keys_merge_and_an_inventory_survives_generations(database):
+    # Given an object whose reconciler recorded an inventory mid-build, then a waiting status
+    obj = make("web")
+    assert store.merge_status(WorkloadDefinition, obj.id, {"inventory": {"vpc": "vpc-1"}})
+    store.write_status(
+        WorkloadDefinition, obj.id, generation=1, status={"phase": "Waiting", "message": "m"}, observed=False
+    )
+
+    # When the spec changes and the new generation is reconciled
+    store.update(WorkloadDefinition, obj.id, {"yaml_document": YAML + "---\n"})
+    store.write_status(WorkloadDefinition, obj.id, generation=2, status={"phase": "Reconciled", "message": ""})
+
+    # Then phase and message are replaced and the inventory is still there
+    assert store.get(WorkloadDefinition, obj.id).status == {
+        "phase": "Reconciled",
+        "message": "",
+        "inventory": {"vpc": "vpc-1"},
+    }
+    assert not store.merge_status(WorkloadDefinition, uuid.uuid4(), {"x": 1})
+
+
+def test_a_reconciler_owned_field_is_written_without_a_new_generation(database):
+    from models import AwsRelationalDatabaseInstance
+
+    # Given a reconciler-owned secret field, a client cannot set it and the store refuses the others
+    with pytest.raises(InvalidObject, match="managed by the server"):
+        store.create(AwsRelationalDatabaseInstance, {"name": "db", "master_password": "x"})
+    with pytest.raises(TypeError, match="cannot set"):
+        store.write_fields(WorkloadDefinition, make("web").id, {"yaml_document": "x"})
+    with pytest.raises(TypeError, match="cannot set"):
+        store.write_fields(WorkloadDefinition, make("web2").id, {"generation": 9})
