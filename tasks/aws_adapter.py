@@ -52,6 +52,8 @@ __all__ = [
     "RetryPolicy",
     "tags_for",
     "tag_filters",
+    "tag_list",
+    "tag_dict",
     "TAG_KIND",
     "TAG_ID",
 ]
@@ -231,6 +233,16 @@ def tags_for(obj: ReconciledModel, **extra: str) -> dict[str, str]:
 def tag_filters(obj: ReconciledModel) -> list[dict[str, Any]]:
     """EC2-style ``Filters`` matching the resources made for ``obj``."""
     return [{"Name": f"tag:{TAG_ID}", "Values": [str(obj.id)]}]
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    """Tags in AWS's list form, ``[{"Key": …, "Value": …}]`` (IAM ``Tags``, S3 ``TagSet``, EC2 ``Tags``)."""
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+def tag_dict(tags: list[dict[str, str]]) -> dict[str, str]:
+    """Tags in AWS's list form as a dict (``Key``/``Value`` or ``key``/``value``)."""
+    return {tag.get("Key", tag.get("key")): tag.get("Value", tag.get("value")) for tag in tags or []}
 
 
 _BOTO_CONFIG = botocore.config.Config(
