@@ -246,7 +246,8 @@ def tag_dict(tags: list[dict[str, str]]) -> dict[str, str]:
 
 
 _BOTO_CONFIG = botocore.config.Config(
-    retries={"max_attempts": 1, "mode": "standard"},  # tenacity retries, with one policy for all
+    # One attempt: tenacity retries, with one policy for all ("max_attempts" would be botocore's retries *after* it).
+    retries={"total_max_attempts": 1, "mode": "standard"},
     connect_timeout=10,
     read_timeout=60,
 )

@@ -51,7 +51,10 @@ def registered_kinds() -> list[str]:
     return list(_registry)
 
 
-from . import definitions, workloads  # noqa: E402, F401  (registers the built-in kinds)
-from . import aws_rds  # noqa: E402, F401
-from . import aws_accounts, aws_s3  # noqa: E402, F401
-from . import aws_eks  # noqa: E402, F401
+from . import (  # noqa: E402, F401  (registers the built-in kinds)
+    aws_accounts,
+    aws_rds,
+    aws_s3,
+    definitions,
+    workloads,
+)
