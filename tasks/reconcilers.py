@@ -53,6 +53,7 @@ def registered_kinds() -> list[str]:
 
 from . import (  # noqa: E402, F401  (registers the built-in kinds)
     aws_accounts,
+    aws_eks,
     aws_rds,
     aws_s3,
     definitions,
