@@ -38,6 +38,7 @@ __all__ = [
     "confirm_deletion",
     "write_status",
     "merge_status",
+    "request_reconcile",
     "write_fields",
     # Records
     "create_record",
@@ -212,6 +213,29 @@ def write_status(
     object_uuid = _parse_id(model, object_id)
     query = model.update(values).where((model.id == object_uuid) & (model.generation == generation))
     return query.execute() == 1
+
+
+@transactional
+def request_reconcile(model: type[M], object_ids: Iterable[uuid.UUID | str]) -> list[Outbox]:
+    """Ask for the objects to be reconciled again although their spec did not change: the outbox rows written.
+
+    For an object whose inputs changed elsewhere (its definition's
+    documents, the connection details of a database made for it): a new
+    generation, so the reconcile is not skipped as already observed.
+    Objects gone or being deleted are left alone.
+    """
+    rows = []
+    ids = [_parse_id(model, object_id) for object_id in object_ids]
+    if not ids:
+        return rows
+    query = model.select().where(model.id.in_(ids) & model.deletion_scheduled.is_null()).for_update()
+    for obj in query:
+        _compare_and_set(
+            obj,
+            {"generation": obj.generation + 1, "resource_version": obj.resource_version + 1, "updated_at": utcnow()},
+        )
+        rows.append(_enqueue(obj))
+    return rows
 
 
 @transactional

@@ -138,13 +138,13 @@ class WorkloadEvent(RecordModel):
 
 
 @transactional
-def record_resources(workload_definition_id: uuid.UUID | str, documents: Sequence[tuple[str, dict]]) -> None:
-    """Make the definition's resource rows exactly ``documents`` (``(name, json)`` in YAML order).
+def record_resources(workload_definition_id: uuid.UUID | str, documents: Sequence[tuple[str, dict]]) -> bool:
+    """Make the definition's resource rows exactly ``documents`` (``(name, json)`` in YAML order): whether any changed.
 
-    Two statements: an upsert of every document, then a delete of the rows
-    no document names any more. Raises NotFound when the definition is gone
-    (deleted meanwhile: the upsert breaks the foreign key), and
-    InvalidObject when two documents share a name.
+    Two statements: an upsert of every document (rows already so are left
+    alone), then a delete of the rows no document names any more. Raises
+    NotFound when the definition is gone (deleted meanwhile: the upsert
+    breaks the foreign key), and InvalidObject when two documents share a name.
     """
     names = [name for name, _ in documents]
     if len(set(names)) != len(names):
@@ -160,14 +160,23 @@ def record_resources(workload_definition_id: uuid.UUID | str, documents: Sequenc
             }
             for i, (name, doc) in enumerate(documents)
         ]
-        upsert = table.insert_many(rows).on_conflict(
-            conflict_target=[table.workload_definition, table.name],
-            preserve=[table.position, table.json_definition],
+        stored = peewee.Tuple(table.position, table.json_definition)
+        upsert = (
+            table.insert_many(rows)
+            .on_conflict(
+                conflict_target=[table.workload_definition, table.name],
+                preserve=[table.position, table.json_definition],
+                where=stored != peewee.Tuple(peewee.EXCLUDED.position, peewee.EXCLUDED.json_definition),
+            )
+            .returning(table.id)
         )
         try:
-            upsert.execute()
+            written = len(list(upsert.execute()))
         except peewee.IntegrityError as exc:
             if sqlstate(exc) == "23503":
                 raise NotFound(f"no WorkloadDefinition with id {str(workload_definition_id)!r}") from exc
             raise
-    table.delete().where((table.workload_definition == workload_definition_id) & table.name.not_in(names)).execute()
+    else:
+        written = 0
+    stale = table.delete().where((table.workload_definition == workload_definition_id) & table.name.not_in(names))
+    return written + stale.execute() > 0

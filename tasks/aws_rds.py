@@ -12,8 +12,9 @@ crashed half-way is continued by the next one instead of duplicated:
    before any instance can use it;
 3. the DB instance, which takes minutes: each run checks it and requeues
    (``TemporaryError``) until it is available, then records the connection;
-4. the Kubernetes Secret for the workload, which waits for the Kubernetes
-   adapter: its status says so.
+4. the connection details (never the password) in the status; when they
+   change, the workload instance is asked to reconcile again, and it makes
+   the Kubernetes Secret named by the definition from them and the password.
 
 Deletion goes in reverse: the instance (polled until it is gone), the subnet
 group, the security group, tolerating what is gone already.
@@ -55,8 +56,6 @@ __all__ = [
 POLL_DELAY = 30.0
 #: The master user of every database (the password is generated per instance).
 MASTER_USERNAME = "threeport"
-#: What the Secret step says until the Kubernetes adapter exists.
-SECRET_PENDING = "needs the Kubernetes adapter"
 
 #: Instance states in which the database accepts connections.
 _READY_STATES = frozenset({"available", "backing-up", "storage-optimization"})
@@ -161,16 +160,16 @@ def reconcile_database(obj: AwsRelationalDatabaseInstance) -> None:
     password = _master_password(obj)
     instance = _db_instance(build, password=password, subnet_group=subnet_group, group_id=group_id)
     endpoint = instance["Endpoint"]
-    build.status(
-        connection={
-            "host": endpoint["Address"],
-            "port": endpoint["Port"],
-            "database": build.definition.database_name,
-            "username": MASTER_USERNAME,
-            "engine": build.definition.engine,
-        },
-        secret={"name": build.definition.workload_secret_name, "pending": SECRET_PENDING},
-    )
+    connection = {
+        "host": endpoint["Address"],
+        "port": endpoint["Port"],
+        "database": build.definition.database_name,
+        "username": MASTER_USERNAME,
+        "engine": build.definition.engine,
+    }
+    build.status(connection=connection, secret={"name": build.definition.workload_secret_name})
+    if (obj.status or {}).get("connection") != connection:  # the workload makes its Secret from it
+        store.request_reconcile(WorkloadInstance, [obj.workload_instance_id])
 
 
 def _network(build: _Build) -> _Network:

@@ -79,8 +79,11 @@ def reconcile_bucket(instance: AwsObjectStorageBucketInstance) -> None:
     inventory["role_arn"] = _ensure_role(aws, role, trust=trust, tags=tags)
     policy = _access_policy(bucket, aws.region)
     aws.call("iam", "put_role_policy", RoleName=role, PolicyName=inventory["role_policy"], PolicyDocument=policy)
-    status = {"inventory": inventory, "env": {definition.workload_bucket_env_var: bucket}, "role_trust": how}
+    env = {definition.workload_bucket_env_var: bucket}
+    status = {"inventory": inventory, "env": env, "role_trust": how}
     store.merge_status(AwsObjectStorageBucketInstance, instance.id, status)
+    if (instance.status or {}).get("env") != env:  # the workload picks the new environment up
+        store.request_reconcile(WorkloadInstance, [instance.workload_instance_id])
 
 
 def delete_bucket(instance: AwsObjectStorageBucketInstance) -> None:

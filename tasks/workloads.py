@@ -4,6 +4,8 @@ Each document must be a mapping with ``apiVersion``, ``kind`` and
 ``metadata.name``; it is named ``<kind>/<name>`` (with the namespace when
 one is given) so recording the same YAML again changes nothing. Bad YAML is
 a :class:`~tasks.errors.PermanentError`: retrying the same text cannot help.
+When the recorded documents change, the definition's instances are asked to
+reconcile again, so they apply the new documents.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Any
 
 import yaml
 
+from models import store
 from models.errors import InvalidObject
-from models.workloads import WorkloadDefinition, record_resources
+from models.workloads import WorkloadDefinition, WorkloadInstance, record_resources
 
 from .errors import PermanentError
 from .reconcilers import Reconciler, register
@@ -53,12 +56,17 @@ def _name_of(index: int, document: Any) -> str:
 
 
 def reconcile_workload_definition(definition: WorkloadDefinition) -> None:
-    """Record the definition's documents (idempotent)."""
+    """Record the definition's documents (idempotent), then have its instances apply them."""
     documents = parse_documents(definition.yaml_document)
     try:
-        record_resources(definition.id, documents)
+        changed = record_resources(definition.id, documents)
     except InvalidObject as exc:  # two documents with one name
         raise PermanentError(str(exc)) from exc
+    if changed:
+        instances = WorkloadInstance.select(WorkloadInstance.id).where(
+            WorkloadInstance.workload_definition == definition.id
+        )
+        store.request_reconcile(WorkloadInstance, [row.id for row in instances])
 
 
 #: Resource rows go with the definition (ON DELETE CASCADE): nothing else to remove.

@@ -229,7 +229,7 @@ def test_a_database_is_built_in_the_default_vpc_and_reconciled(broker, reconcili
     assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 5433, 5433)
     assert [r["CidrIp"] for r in rule["IpRanges"]] == [default_vpc["CidrBlock"]]
 
-    # And the status holds the inventory, the connection (no password) and the pending Secret
+    # And the status holds the inventory, the connection (no password) and the Secret's name
     inventory = done.status["inventory"]
     assert inventory["db_instance_id"] == identifier and inventory["db_instance_status"] == "available"
     assert (inventory["vpc_id"], inventory["security_group_id"]) == (default_vpc["VpcId"], group["GroupId"])
@@ -241,7 +241,7 @@ def test_a_database_is_built_in_the_default_vpc_and_reconciled(broker, reconcili
         "username": aws_rds.MASTER_USERNAME,
         "engine": "postgres",
     }
-    assert done.status["secret"] == {"name": "app-db", "pending": aws_rds.SECRET_PENDING}
+    assert done.status["secret"] == {"name": "app-db"}
 
 
 def test_the_password_is_generated_once_stored_encrypted_and_never_shown(

@@ -472,3 +472,29 @@ def test_a_reconciler_owned_field_is_written_without_a_new_generation(database):
         store.write_fields(WorkloadDefinition, make("web").id, {"yaml_document": "x"})
     with pytest.raises(TypeError, match="cannot set"):
         store.write_fields(WorkloadDefinition, make("web2").id, {"generation": 9})
+
+
+def test_recording_the_same_documents_again_changes_nothing(database):
+    obj = make("web")
+    documents = [("ConfigMap/web", {"kind": "ConfigMap"})]
+    assert record_resources(obj.id, documents) is True
+    assert record_resources(obj.id, documents) is False
+    assert record_resources(obj.id, [("ConfigMap/web", {"kind": "ConfigMap", "v": 2})]) is True
+    assert record_resources(obj.id, []) is True and resource_rows(obj.id) == []
+
+
+def test_a_reconcile_can_be_requested_without_a_spec_change(database):
+    # Given two objects, one of them being deleted
+    web, going = make("web"), make("going")
+    store.schedule_deletion(WorkloadDefinition, going.id)
+    before = len(outbox_rows())
+
+    # When both are asked to reconcile again
+    rows = store.request_reconcile(WorkloadDefinition, [web.id, going.id])
+
+    # Then only the live one has a new generation and an outbox row for it
+    assert [(row.object_id, row.generation) for row in rows] == [(web.id, 2)]
+    assert store.get(WorkloadDefinition, web.id).generation == 2
+    assert store.get(WorkloadDefinition, going.id).generation == 2  # from its deletion, not bumped again
+    assert len(outbox_rows()) == before + 1
+    assert store.request_reconcile(WorkloadDefinition, []) == []

@@ -161,7 +161,7 @@ def test_every_kind_has_its_schemas_with_its_fields(document, model):
     assert sorted(create.get("required", [])) == sorted(info.name for info in infos if info.required)
     assert create["additionalProperties"] is False
     for info in infos:
-        if info.secret:
+        if info.secret and info.writable:
             assert create["properties"][info.name]["writeOnly"] is True
     if issubclass(model, ReconciledModel):
         update, replace = schemas[f"{model.kind}Update"], schemas[f"{model.kind}Replace"]
@@ -251,7 +251,8 @@ def test_the_docs_page_names_every_kind_its_paths_and_fields(anonymous):
         assert f"<code>/v0/{model.plural}</code>" in section
         assert f"<code>/v0/{model.plural}/{{object_id}}</code>" in section
         for info in fields_of(model).values():
-            assert f"<code>{info.name}</code>" in section
+            internal = info.secret and not info.writable  # neither shown nor written: the control plane's own
+            assert (f"<code>{info.name}</code>" in section) != internal, info.name
     # And a reference links to its kind, a secret is marked write-only
     instance = page.split('<section id="kind-WorkloadInstance">', 1)[1].split("</section>", 1)[0]
     assert '→ <a href="#kind-WorkloadDefinition">WorkloadDefinition</a>' in instance

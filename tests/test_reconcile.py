@@ -316,3 +316,34 @@ def test_a_kind_without_a_reconciler_fails_visibly(broker, reconciling, monkeypa
 def observed_of(model, obj_id):
     current = store.get(model, obj_id)
     return current if current.observed_generation >= current.generation else None
+
+
+def test_instances_apply_their_definitions_new_documents(broker, reconciling, monkeypatch):
+    # Given a workload instance reconciled by a stand-in that records the documents it saw
+    seen = []
+
+    def apply(instance):
+        table = WorkloadResourceDefinition
+        rows = table.select().where(table.workload_definition == instance.workload_definition_id)
+        seen.append(sorted(row.name for row in rows))
+
+    monkeypatch.setitem(reconcilers._registry, WorkloadInstance.kind, reconcilers.Reconciler(reconcile=apply))
+    monkeypatch.setitem(
+        reconcilers._registry, KubernetesRuntimeInstance.kind, reconcilers.Reconciler(reconcile=lambda obj: None)
+    )
+    definition = create(broker)
+    wait_for(lambda: observed(definition.id))
+    instance = store.create(WorkloadInstance, {"name": "web-1", "workload_definition_id": definition.id})
+    publish_rows(broker, instance.outbox)
+    wait_for(lambda: observed_of(WorkloadInstance, instance.obj.id))
+
+    # When the definition's YAML loses a document
+    written = store.update(WorkloadDefinition, definition.id, {"yaml_document": YAML.split("---")[1]})
+    publish_rows(broker, written.outbox)
+    wait_for(lambda: observed(definition.id, 2))
+    relay_rows = store.pending_outbox(older_than_seconds=0, limit=10)  # the worker's request, left for the relay
+    publish_rows(broker, relay_rows)
+
+    # Then the instance is reconciled again and sees the new documents
+    assert wait_for(lambda: observed_of(WorkloadInstance, instance.obj.id) and len(seen) >= 2)
+    assert seen == [["ConfigMap/web", "Deployment/web"], ["Deployment/web"]]

@@ -140,6 +140,15 @@ class JetStreamConsumer(Consumer):
         if messages:
             self._run(lambda: self._hand_back(messages), "requeue")
 
+    def stop_pulling(self) -> None:
+        """Pull no more (the pull in progress ends by itself); what is held stays held until ack or close."""
+        bridge.get_loop().loop.call_soon_threadsafe(self._end_pulls)
+
+    def _end_pulls(self) -> None:
+        self._stopping = True
+        if self._room is not None:
+            self._room.set()
+
     def close(self) -> None:
         if self._closed:
             return
