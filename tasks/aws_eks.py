@@ -779,3 +779,4 @@ def _tolerating(waiting_for: Optional[str] = None) -> Iterator[None]:
 
 
 register(Model.kind, Reconciler(reconcile=reconcile_eks_runtime, delete=delete_eks_runtime))
+

@@ -5,9 +5,9 @@ its kubeconfig, or its endpoint, CA and token or client certificate. A
 runtime the control plane built on EKS has only an endpoint and a CA; its
 ``AwsEksKubernetesRuntimeInstance`` status says how to authenticate
 (``auth.method``, e.g. ``aws-iam``) and a token source registered for that
-method (:func:`register_token_source`) makes the tokens. None is registered
-for ``aws-iam`` yet: such a runtime fails with a message saying so, unless
-it is given a ``connection_token`` or a ``kubeconfig``.
+method (:func:`register_token_source`) makes the tokens: ``aws-iam`` tokens
+are presigned with the EKS instance's account (as ``aws eks get-token``). A
+``connection_token`` or a ``kubeconfig`` on the runtime takes precedence.
 
 Reconciling records ``server_version`` and ``node_count`` in the status. An
 unreachable cluster is a :class:`~tasks.errors.TemporaryError` (the actor
@@ -22,9 +22,10 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from models import store
-from models.aws import AwsEksKubernetesRuntimeInstance
+from models.aws import AwsAccount, AwsEksKubernetesRuntimeDefinition, AwsEksKubernetesRuntimeInstance
 from models.kubernetes import KubernetesRuntimeDefinition, KubernetesRuntimeInstance
 
+from .aws_adapter import Aws
 from .errors import PermanentError, TemporaryError
 from .kubernetes_adapter import Cluster, Credentials, KubernetesPermanentError, RetryPolicy, TokenSource
 from .reconcilers import Reconciler, register
@@ -43,15 +44,15 @@ RETRY_POLICY = RetryPolicy()
 #: Clusters kept connected (by credentials), so a reconcile does not rediscover the API each time.
 _CACHE_SIZE = 32
 
-#: Makes a token source from an EKS runtime's ``auth`` status, by ``auth["method"]``.
-TokenSourceFactory = Callable[[dict[str, Any]], TokenSource]
+#: Makes a token source for an EKS runtime, chosen by its status's ``auth["method"]``.
+TokenSourceFactory = Callable[[AwsEksKubernetesRuntimeInstance], TokenSource]
 _token_sources: dict[str, TokenSourceFactory] = {}
 _clusters: "OrderedDict[str, Cluster]" = OrderedDict()
 _clusters_lock = threading.Lock()
 
 
 def register_token_source(method: str, factory: TokenSourceFactory) -> None:
-    """Have runtimes whose EKS status says ``auth.method == method`` authenticate with ``factory(auth)()`` tokens."""
+    """Have runtimes whose EKS status says ``auth.method == method`` authenticate with ``factory(eks)()`` tokens."""
     _token_sources[method] = factory
 
 
@@ -154,7 +155,17 @@ def _token_source_for(eks: AwsEksKubernetesRuntimeInstance) -> TokenSource:
             f"EKS cluster {eks.name!r} is reached with {method or 'unknown'!s} tokens, which the control plane "
             "cannot make yet: give the runtime a connection_token or a kubeconfig"
         )
-    return factory(auth)
+    return factory(eks)
 
 
+def _iam_tokens(eks: AwsEksKubernetesRuntimeInstance) -> TokenSource:
+    """Bearer tokens for the cluster, presigned with its account's credentials (``aws eks get-token``)."""
+    auth = (eks.status or {}).get("auth") or {}
+    definition = store.get(AwsEksKubernetesRuntimeDefinition, eks.aws_eks_kubernetes_runtime_definition_id)
+    aws = Aws.for_account(store.get(AwsAccount, definition.aws_account_id), region=auth.get("region"))
+    cluster = auth["cluster_name"]
+    return lambda: aws.eks_token(cluster)
+
+
+register_token_source("aws-iam", _iam_tokens)
 register(KubernetesRuntimeInstance.kind, Reconciler(reconcile=reconcile_runtime, delete=delete_runtime))

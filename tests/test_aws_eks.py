@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -514,3 +515,43 @@ def test_the_clusters_ca_data_becomes_pem(data):
     lines = pem.strip().splitlines()
     assert lines[0] == "-----BEGIN CERTIFICATE-----" and lines[-1] == "-----END CERTIFICATE-----"
     assert all(len(line) <= 64 for line in lines)
+
+
+def test_an_eks_runtime_is_reached_with_iam_tokens_presigned_for_its_cluster(database):
+    from tasks.kubernetes_runtimes import credentials_of
+
+    # Given an EKS runtime as the EKS reconciler leaves it: endpoint and CA on the runtime, auth in the EKS status
+    account = store.create(
+        AwsAccount, {"name": "a", "account_id": ACCOUNT_ID, "default_region": "eu-west-1"} | ACCESS_KEYS
+    ).obj
+    runtime_definition = store.create(KubernetesRuntimeDefinition, {"name": "eks", "infra_provider": "eks"}).obj
+    runtime = store.create(
+        KubernetesRuntimeInstance,
+        {"name": "r", "kubernetes_runtime_definition_id": runtime_definition.id, "api_endpoint": "https://x.eks"},
+    ).obj
+    definition = store.create(
+        AwsEksKubernetesRuntimeDefinition,
+        {"name": "d", "aws_account_id": account.id, "kubernetes_runtime_definition_id": runtime_definition.id},
+    ).obj
+    eks = store.create(
+        AwsEksKubernetesRuntimeInstance,
+        {
+            "name": "e",
+            "aws_eks_kubernetes_runtime_definition_id": definition.id,
+            "kubernetes_runtime_instance_id": runtime.id,
+        },
+    ).obj
+    auth = {"method": "aws-iam", "cluster_name": "threeport-e-1234", "region": "eu-west-1"}
+    store.merge_status(AwsEksKubernetesRuntimeInstance, eks.id, {"auth": auth})
+
+    # When its credentials are made, then each token is a presigned STS URL naming the cluster in a signed header
+    token = credentials_of(store.get(KubernetesRuntimeInstance, runtime.id)).token_source()
+    assert token.startswith("k8s-aws-v1.")
+    url = urllib.parse.urlparse(base64.urlsafe_b64decode(token[len("k8s-aws-v1.") :] + "==").decode())
+    query = urllib.parse.parse_qs(url.query)
+    assert (url.hostname, query["Action"], query["X-Amz-SignedHeaders"]) == (
+        "sts.eu-west-1.amazonaws.com",
+        ["GetCallerIdentity"],
+        ["host;x-k8s-aws-id"],
+    )
+    assert query["X-Amz-Credential"][0].startswith(ACCESS_KEYS["access_key_id"] + "/")
