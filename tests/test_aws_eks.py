@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import base64
 import collections
-import os
-import subprocess
-import sys
 import time
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -38,11 +34,8 @@ from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .aws import ACCESS_KEYS, ACCOUNT_ID
-from .postgres import ENCRYPTION_KEY
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The real ``threeport worker`` with short lock TTL, ack wait and poll delay (see the helper).
-WORKER = [sys.executable, "-m", "tests.helpers.quick_worker", "--processes", "1", "--threads", "2", "--queues", "aws"]
 REGION = "us-east-1"
 Instance = AwsEksKubernetesRuntimeInstance
 
@@ -77,36 +70,6 @@ def reconciling(database, broker, locks, fast_polls):
     worker.start()
     yield worker
     worker.stop()
-
-
-@pytest.fixture
-def start_worker(database, empty_database_url, nats_server, prefix):
-    """Start worker processes on this test's database and streams; each is stopped at the end."""
-    procs: list[subprocess.Popen] = []
-
-    def start() -> subprocess.Popen:
-        env = {
-            **os.environ,
-            "DATABASE_URL": empty_database_url,
-            "NATS_URL": nats_server.url,
-            "THREEPORT_PREFIX": prefix,
-            "THREEPORT_ENCRYPTION_KEY": ENCRYPTION_KEY,
-        }
-        proc = subprocess.Popen(WORKER, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        line = proc.stdout.readline()
-        assert line.startswith("worker ready"), f"the worker did not start: {line!r}"
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def reconciled(model: type[ReconciledModel], fields: dict[str, Any]) -> ReconciledModel:

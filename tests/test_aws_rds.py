@@ -11,13 +11,9 @@ in front of moto (``tests/aws_faults.py``).
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import boto3
 import pytest
@@ -42,11 +38,8 @@ from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .aws import ACCESS_KEYS, ACCOUNT_ID
-from .postgres import ENCRYPTION_KEY
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The real ``threeport worker`` with a short lock TTL and ack wait (see the helper).
-WORKER = [sys.executable, "-m", "tests.helpers.quick_worker", "--processes", "1", "--threads", "2", "--queues", "aws"]
 REGION = "us-east-1"
 YAML = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n"
 DEFINITION = {
@@ -435,36 +428,6 @@ def test_throttling_is_retried_and_access_denied_fails_for_good(
 
 
 # A worker killed mid-build ---------------------------------------------------------
-
-
-@pytest.fixture
-def start_worker(database, empty_database_url, nats_server, prefix):
-    """Start ``threeport worker`` processes on this test's database and streams; each is stopped at the end."""
-    procs: list[subprocess.Popen] = []
-
-    def start() -> subprocess.Popen:
-        env = {
-            **os.environ,
-            "DATABASE_URL": empty_database_url,
-            "NATS_URL": nats_server.url,
-            "THREEPORT_PREFIX": prefix,
-            "THREEPORT_ENCRYPTION_KEY": ENCRYPTION_KEY,
-        }
-        proc = subprocess.Popen(WORKER, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        line = proc.stdout.readline()
-        assert line.startswith("worker ready"), f"the worker did not start: {line!r}"
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.mark.parametrize("step", ["CreateDBSubnetGroup", "CreateSecurityGroup", "CreateDBInstance"])

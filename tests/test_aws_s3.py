@@ -335,3 +335,61 @@ def test_access_denied_on_create_bucket_is_a_permanent_failure(world, aws_proxy,
     assert buckets_of(moto, instance.id) == [] and roles_of(moto, instance.id) == []
     stats = broker.queue_stats("aws")
     assert (stats.ready, stats.delayed, stats.dead) == (0, 0, 0)
+
+
+def stand_in_reconciled(model, written) -> None:
+    """Mark an object reconciled, as its own reconciler would (no worker runs in this process)."""
+    store.write_status(model, written.obj.id, generation=1, status={"phase": "Reconciled"}, reconciled=True)
+
+
+@pytest.mark.parametrize("step", ["CreateBucket", "CreateRole"])
+def test_a_worker_killed_mid_step_leaves_no_duplicates(database, broker, start_worker, aws_proxy, moto, step):
+    # Given an account, a bucket definition and a workload, all reconciled, and no worker in this process
+    account = store.create(
+        AwsAccount,
+        {"name": "main", "account_id": ACCOUNT_ID, "default_region": REGION, "endpoint_url": aws_proxy.url}
+        | ACCESS_KEYS,
+    )
+    definition = store.create(
+        AwsObjectStorageBucketDefinition,
+        {"name": "media", "aws_account_id": account.obj.id, "workload_service_account_name": "web"},
+    )
+    workload_definition = store.create(WorkloadDefinition, {"name": "web", "yaml_document": YAML})
+    workload = store.create(WorkloadInstance, {"name": "web-1", "workload_definition_id": workload_definition.obj.id})
+    for model, written in (
+        (AwsAccount, account),
+        (AwsObjectStorageBucketDefinition, definition),
+        (WorkloadDefinition, workload_definition),
+        (WorkloadInstance, workload),
+    ):
+        stand_in_reconciled(model, written)
+    store.delete_outbox(row.id for row in store.pending_outbox(older_than_seconds=0, limit=100))
+
+    # And a worker process, with AWS holding the step's request unanswered
+    doomed = start_worker()
+    aws_proxy.hold(step)
+
+    # When a bucket instance is created and its worker is killed (SIGKILL) while that request is held
+    instance = store.create(
+        AwsObjectStorageBucketInstance,
+        {
+            "name": "media-1",
+            "aws_object_storage_bucket_definition_id": definition.obj.id,
+            "workload_instance_id": workload.obj.id,
+        },
+    )
+    publish_rows(broker, instance.outbox)
+    aws_proxy.wait_held(timeout=30)
+    doomed.kill()
+    doomed.wait()
+
+    # And AWS carries the request out anyway, the answer going nowhere; then another worker takes over
+    aws_proxy.release()
+    wait_for(lambda: aws_proxy.count(step) == 1 and not aws_proxy.held)
+    start_worker()
+
+    # Then the instance ends reconciled with one bucket and one role
+    done = wait_for(lambda: observed(AwsObjectStorageBucketInstance, instance.obj.id), timeout=60)
+    assert done.status["phase"] == "Reconciled", done.status
+    assert len(buckets_of(moto, instance.obj.id)) == 1
+    assert len(roles_of(moto, instance.obj.id)) == 1
