@@ -368,6 +368,9 @@ def _describe_instance(aws: Aws, identifier: str) -> dict[str, Any]:
 
 def delete_database(obj: AwsRelationalDatabaseInstance) -> None:
     """Tear down in reverse: the instance (TemporaryError until it is gone), the subnet group, the security group."""
+    if (obj.status or {}).get("connection"):  # first the workload lets go: its Secret goes
+        store.merge_status(AwsRelationalDatabaseInstance, obj.id, {"connection": None})
+        store.request_reconcile(WorkloadInstance, [obj.workload_instance_id])
     build = _Build(obj)
     if not build.inventory:
         return  # no step ever started: nothing was made

@@ -88,6 +88,9 @@ def reconcile_bucket(instance: AwsObjectStorageBucketInstance) -> None:
 
 def delete_bucket(instance: AwsObjectStorageBucketInstance) -> None:
     """Empty and delete the bucket, then the role's policy and the role; what is gone already is fine."""
+    if (instance.status or {}).get("env"):  # first the workload lets go: its environment variable goes
+        store.merge_status(AwsObjectStorageBucketInstance, instance.id, {"env": None})
+        store.request_reconcile(WorkloadInstance, [instance.workload_instance_id])
     definition = store.get(AwsObjectStorageBucketDefinition, instance.aws_object_storage_bucket_definition_id)
     account = store.get(AwsAccount, definition.aws_account_id)
     recorded = (instance.status or {}).get("inventory") or {}

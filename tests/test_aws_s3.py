@@ -298,6 +298,7 @@ def test_deleting_the_instance_empties_and_removes_the_bucket_and_the_role(world
     moto("iam").delete_role_policy(RoleName=bucket, PolicyName="threeport-bucket-access")
 
     # When the instance is deleted
+    before = store.get(WorkloadInstance, world.workload.id).generation
     publish_rows(broker, store.schedule_deletion(AwsObjectStorageBucketInstance, instance.id).outbox)
 
     # Then its row goes, and with it the bucket and the role
@@ -307,6 +308,8 @@ def test_deleting_the_instance_empties_and_removes_the_bucket_and_the_role(world
     assert error_code(lambda: s3.head_bucket(Bucket=bucket)) == "404"
     assert error_code(lambda: moto("iam").get_role(RoleName=bucket)) == "NoSuchEntity"
     assert buckets_of(moto, instance.id) == [] and roles_of(moto, instance.id) == []
+    # And the workload was asked to reconcile again, to drop the bucket's environment variable
+    assert store.get(WorkloadInstance, world.workload.id).generation > before
 
 
 def test_a_throttled_create_bucket_is_retried(world, aws_proxy):

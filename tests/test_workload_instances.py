@@ -31,7 +31,7 @@ from models import (
     WorkloadResourceInstance,
     store,
 )
-from tasks import actor, kubernetes_runtimes, workload_instances
+from tasks import actor, aws_rds, kubernetes_runtimes, workload_instances
 from tasks.actor import declare_actors
 from tasks.kubernetes_adapter import RetryPolicy
 from tasks.workload_instances import INSTANCE_LABEL
@@ -484,6 +484,16 @@ def test_attached_database_and_bucket_give_the_workload_a_secret_and_env(kube, b
         {"name": "S3_BUCKET_NAME", "value": "shop-assets-123"}
     ]
     assert all("Secret" not in name for name in rows(obj.id))
+
+    # When the database's deletion begins (its reconciler's first run)
+    database = AwsRelationalDatabaseInstance.get(AwsRelationalDatabaseInstance.workload_instance == obj.id)
+    store.schedule_deletion(AwsRelationalDatabaseInstance, database.id)
+    aws_rds.delete_database(store.get(AwsRelationalDatabaseInstance, database.id))
+    publish_rows(broker, store.pending_outbox(older_than_seconds=0, limit=100))
+
+    # Then the workload lets go of it: its Secret is gone, the Deployment stays
+    wait_for(lambda: kube.live("v1", "Secret", namespace, "shop-db") is None)
+    assert kube.live("apps/v1", "Deployment", namespace, "web") is not None
 
 
 def attach_database(obj: WorkloadInstance, *, connection: dict) -> None:
