@@ -57,6 +57,7 @@ from . import (  # noqa: E402, F401  (registers the built-in kinds)
     aws_rds,
     aws_s3,
     definitions,
+    gateways,
     kubernetes_runtimes,
     workload_instances,
     workloads,

@@ -16,7 +16,9 @@ What it does:
   manager applied before and no longer applies are removed; nothing is
   written when nothing changes, so ``resourceVersion`` stays), as a merge
   patch (strategic merge patches are treated as merge patches) or a JSON
-  patch; the ``status`` subresource;
+  patch; the ``status`` subresource; an applied or merge patch carrying
+  ``metadata.resourceVersion`` is a precondition (409 ``Conflict`` when the
+  object is at another version), as on a real server;
 - what the server owns in ``metadata``: ``uid``, ``resourceVersion`` (one
   counter), ``generation`` (bumped when anything besides metadata and status
   changes), ``creationTimestamp``; writes to the main resource keep
@@ -42,8 +44,11 @@ references, no finalizers (deletion is immediate, a namespace never shows
 ``Terminating``), no admission or schema validation beyond names, no
 field-ownership conflicts between managers (as if always forced), lists
 are one page (``limit`` is ignored), ``resourceVersion`` preconditions are
-not checked, and there are no watches. Over TLS, a request without a client
-certificate has its connection dropped (a real API server would answer 401).
+checked on patches only (not on deletes), a CustomResourceDefinition is
+stored but serves nothing (the kinds of :data:`RESOURCES`, cert-manager's
+included, are served whether or not their CRD was applied), and there are no
+watches. Over TLS, a request without a client certificate has its connection
+dropped (a real API server would answer 401).
 
 How it extends kmock: it keeps kmock's HTTP server, request log, discovery
 and object store (``objects``), and replaces the request parser (kmock's
@@ -116,6 +121,16 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool, bool]] = {
     ("apps/v1", "ReplicaSet"): ("replicasets", True, True),
     ("batch/v1", "Job"): ("jobs", True, True),
     ("networking.k8s.io/v1", "Ingress"): ("ingresses", True, True),
+    ("networking.k8s.io/v1", "IngressClass"): ("ingressclasses", False, False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False, False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False, False),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("roles", True, False),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("rolebindings", True, False),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ("customresourcedefinitions", False, True),
+    # cert-manager's kinds, served whether or not their CustomResourceDefinitions were applied
+    ("cert-manager.io/v1", "ClusterIssuer"): ("clusterissuers", False, True),
+    ("cert-manager.io/v1", "Issuer"): ("issuers", True, True),
+    ("cert-manager.io/v1", "Certificate"): ("certificates", True, True),
 }
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 _NAMESPACES = kmock.resource("", "v1", "namespaces")
@@ -327,6 +342,7 @@ class KubeStandIn(kmock.KubernetesEmulator):
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
                 raise _Failure(422, "Invalid", str(exc)) from None
         elif content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            _precondition(body, live, resource)
             changed = _merge_patch(copy.deepcopy(live), body)
         else:
             raise _Failure(415, "UnsupportedMediaType", f"the stand-in does not take {content_type!r} patches")
@@ -343,6 +359,7 @@ class KubeStandIn(kmock.KubernetesEmulator):
             raise _Failure(400, "BadRequest", "an applied object needs apiVersion and kind")
         if (body.get("metadata") or {}).get("name") != name:
             raise _Failure(400, "BadRequest", "the name of the object does not match the name in the URL")
+        _precondition(body, live, resource)
         applied = copy.deepcopy(body)
         applied.pop("status", None)
         for server_field in _SERVER_METADATA:
@@ -492,6 +509,20 @@ def _parse_path(path: str) -> tuple[Optional[str], ...]:
 def _status_response(code: int, reason: str, message: str) -> aiohttp.web.Response:
     status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
     return aiohttp.web.json_response({**status, "message": message, "reason": reason, "code": code}, status=code)
+
+
+def _precondition(body: Any, live: Optional[dict], resource: kmock.resource) -> None:
+    """A patch that carries ``metadata.resourceVersion`` applies to that version only: 409 Conflict otherwise."""
+    wanted = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+    if wanted is None:
+        return
+    if live is None or str(wanted) != (live.get("metadata") or {}).get("resourceVersion"):
+        name = (body.get("metadata") or {}).get("name")
+        message = (
+            f'Operation cannot be fulfilled on {resource.plural} "{name}": the object has been modified; '
+            "please apply your changes to the latest version and try again"
+        )
+        raise _Failure(409, "Conflict", message)
 
 
 def _merge(base: Any, applied: Any) -> Any:
