@@ -94,3 +94,4 @@ from .aws import aws_endpoint, moto_server, start_worker  # noqa: E402, F401
 from .aws_faults import aws_proxy  # noqa: E402, F401
 from .kube import kube, kube_api, kube_tls, pytest_addoption, real_kubeconfig  # noqa: E402, F401
 from .postgres import database, empty_database_url, postgres_server  # noqa: E402, F401
+from .reconciling import locks, reconciling  # noqa: E402, F401

@@ -5,28 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from dramatiq import Worker
 
 from models import store
 from models.aws import AwsAccount
 from models.events import Event
-from tasks.actor import declare_actors
-from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .aws import ACCESS_KEYS, ACCOUNT_ID
-
-
-@pytest.fixture
-def reconciling(database, broker, prefix):
-    """The reconcile actor declared on the test's broker, and a worker running it."""
-    locks = LockManager(connection=broker.connection, bucket=f"locks_{prefix}")
-    declare_actors(broker, locks=locks, min_backoff=200, max_backoff=1000)
-    worker = Worker(broker, worker_timeout=100, worker_threads=4)
-    worker.start()
-    yield worker
-    worker.stop()
-    locks.delete_bucket()
+from .reconciling import observed, wait_for
 
 
 def create_account(broker, endpoint_url: str, **fields) -> AwsAccount:
@@ -36,27 +22,12 @@ def create_account(broker, endpoint_url: str, **fields) -> AwsAccount:
     return written.obj
 
 
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
-def observed(account_id) -> AwsAccount | None:
-    current = store.get(AwsAccount, account_id)
-    return current if current.observed_generation >= current.generation else None
-
-
 def test_an_account_is_reconciled_with_its_caller_identity(broker, reconciling, aws_proxy):
     # Given an account whose keys work (moto's) and whose endpoint is the proxy
     account = create_account(broker, aws_proxy.url)
 
     # Then it is reconciled, with whom the keys are in its status
-    done = wait_for(lambda: observed(account.id))
+    done = wait_for(lambda: observed(AwsAccount, account.id))
     assert (done.status["phase"], done.reconciled, done.creation_failed) == ("Reconciled", True, False)
     identity = done.status["caller_identity"]
     assert identity["Account"] == ACCOUNT_ID and identity["Arn"] == f"arn:aws:sts::{ACCOUNT_ID}:user/moto"
@@ -70,7 +41,7 @@ def test_an_account_with_a_role_is_verified_as_the_assumed_role(broker, reconcil
     account = create_account(broker, aws_proxy.url, role_arn=f"arn:aws:iam::{ACCOUNT_ID}:role/threeport")
 
     # Then its caller identity is the assumed role
-    done = wait_for(lambda: observed(account.id))
+    done = wait_for(lambda: observed(AwsAccount, account.id))
     assert done.status["phase"] == "Reconciled"
     assert done.status["caller_identity"]["Arn"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/threeport/threeport"
     assert aws_proxy.requests == ["AssumeRole", "GetCallerIdentity"]
@@ -91,7 +62,7 @@ def test_refused_credentials_fail_permanently_naming_the_code(broker, reconcilin
     account = create_account(broker, aws_proxy.url, **fields)
 
     # Then the account fails, saying which account and what AWS answered
-    done = wait_for(lambda: observed(account.id))
+    done = wait_for(lambda: observed(AwsAccount, account.id))
     assert (done.status["phase"], done.creation_failed, done.reconciled) == ("Failed", True, False)
     assert done.status["message"].startswith("the credentials of AwsAccount 'main' were refused")
     assert f"{code}: refused by the test" in done.status["message"]
@@ -110,7 +81,7 @@ def test_credentials_of_another_account_fail_naming_both_accounts(broker, reconc
     account = create_account(broker, aws_proxy.url, account_id="210987654321")
 
     # Then it fails permanently naming both, with the identity the keys have recorded
-    done = wait_for(lambda: observed(account.id))
+    done = wait_for(lambda: observed(AwsAccount, account.id))
     assert done.status["phase"] == "Failed" and done.creation_failed
     assert f"are for AWS account {ACCOUNT_ID}" in done.status["message"]
     assert "not for account 210987654321" in done.status["message"]
@@ -123,14 +94,14 @@ def test_a_throttled_identity_check_is_retried(broker, reconciling, aws_proxy):
 
     # When an account is created, then it is reconciled on the third request
     account = create_account(broker, aws_proxy.url)
-    assert wait_for(lambda: observed(account.id)).status["phase"] == "Reconciled"
+    assert wait_for(lambda: observed(AwsAccount, account.id)).status["phase"] == "Reconciled"
     assert aws_proxy.count("GetCallerIdentity") == 3
 
 
 def test_deleting_an_account_removes_the_row_and_nothing_in_aws(broker, reconciling, aws_proxy):
     # Given a reconciled account
     account = create_account(broker, aws_proxy.url)
-    wait_for(lambda: observed(account.id))
+    wait_for(lambda: observed(AwsAccount, account.id))
 
     # When it is deleted, then the row goes without another AWS call
     publish_rows(broker, store.schedule_deletion(AwsAccount, account.id).outbox)

@@ -30,10 +30,10 @@ from models.base import ReconciledModel
 from tasks import aws_eks
 from tasks.actor import declare_actors
 from tasks.aws_adapter import TAG_ID, TAG_KIND
-from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .aws import ACCESS_KEYS, ACCOUNT_ID
+from .reconciling import wait_for
 
 #: The real ``threeport worker`` with short lock TTL, ack wait and poll delay (see the helper).
 REGION = "us-east-1"
@@ -53,13 +53,6 @@ def aws_endpoint(request, monkeypatch, moto_server) -> str:
 @pytest.fixture
 def fast_polls(monkeypatch):
     monkeypatch.setattr(aws_eks, "POLL_DELAY", 0.2)
-
-
-@pytest.fixture
-def locks(broker, prefix):
-    manager = LockManager(connection=broker.connection, bucket=f"locks_{prefix}")
-    yield manager
-    manager.delete_bucket()
 
 
 @pytest.fixture
@@ -103,16 +96,6 @@ def create_instance(broker, definition, name: str = "prod") -> AwsEksKubernetesR
     written = store.create(Instance, {"name": name, "aws_eks_kubernetes_runtime_definition_id": definition.id})
     publish_rows(broker, written.outbox)
     return written.obj
-
-
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def done(obj_id) -> Instance | None:

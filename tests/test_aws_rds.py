@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 
 import boto3
 import pytest
-from dramatiq import Worker
 from dramatiq.message import Message
 
 from api.resources import as_json
@@ -32,12 +30,11 @@ from models.aws import (
 from models.kubernetes import KubernetesRuntimeDefinition, KubernetesRuntimeInstance
 from models.workloads import WorkloadDefinition, WorkloadInstance
 from tasks import aws_rds
-from tasks.actor import declare_actors
 from tasks.aws_adapter import TAG_ID, TAG_KIND, Aws
-from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .aws import ACCESS_KEYS, ACCOUNT_ID
+from .reconciling import wait_for
 
 #: The real ``threeport worker`` with a short lock TTL and ack wait (see the helper).
 REGION = "us-east-1"
@@ -54,22 +51,10 @@ DEFINITION = {
 }
 
 
-@pytest.fixture
-def locks(broker, prefix):
-    manager = LockManager(connection=broker.connection, bucket=f"locks_{prefix}")
-    yield manager
-    manager.delete_bucket()
-
-
-@pytest.fixture
-def reconciling(database, broker, locks, monkeypatch):
-    """The reconcile actor on a worker in this process; polls of a busy instance come back at once."""
+@pytest.fixture(autouse=True)
+def fast_polls(monkeypatch):
+    """Polls of a busy instance come back at once."""
     monkeypatch.setattr(aws_rds, "POLL_DELAY", 0.2)
-    declare_actors(broker, locks=locks, min_backoff=200, max_backoff=1000)
-    worker = Worker(broker, worker_timeout=100, worker_threads=4)
-    worker.start()
-    yield worker
-    worker.stop()
 
 
 @pytest.fixture
@@ -129,16 +114,6 @@ def create_database(broker, definition, workload, name="orders") -> AwsRelationa
     written = store.create(AwsRelationalDatabaseInstance, fields)
     publish_rows(broker, written.outbox)
     return written.obj
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def settled(obj_id) -> AwsRelationalDatabaseInstance | None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from dramatiq import Worker
 
 from models import store
 from models.aws import (
@@ -28,12 +27,11 @@ from models.aws import (
 from models.kubernetes import KubernetesRuntimeDefinition, KubernetesRuntimeInstance
 from models.workloads import WorkloadDefinition, WorkloadInstance
 from tasks import aws_s3
-from tasks.actor import declare_actors
 from tasks.aws_adapter import TAG_ID, TAG_KIND, tag_dict
-from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .aws import ACCESS_KEYS, ACCOUNT_ID
+from .reconciling import observed, reconciled, wait_for
 
 REGION = "eu-west-1"
 YAML = """\
@@ -50,18 +48,6 @@ metadata:
   namespace: shop
 """
 OIDC_ISSUER = "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
-
-
-@pytest.fixture
-def reconciling(database, broker, prefix):
-    """The reconcile actor declared on the test's broker, and a worker running it."""
-    locks = LockManager(connection=broker.connection, bucket=f"locks_{prefix}")
-    declare_actors(broker, locks=locks, min_backoff=200, max_backoff=1000)
-    worker = Worker(broker, worker_timeout=100, worker_threads=4)
-    worker.start()
-    yield worker
-    worker.stop()
-    locks.delete_bucket()
 
 
 @pytest.fixture
@@ -137,26 +123,6 @@ def world(broker, reconciling, aws_proxy) -> World:
     wait_for(lambda: reconciled(WorkloadDefinition, workload_definition.obj.id))
     aws_proxy.clear()
     return World(broker, account.obj, runtime.obj, workload.obj)
-
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
-def observed(model, obj_id):
-    current = store.get(model, obj_id)
-    return current if current.observed_generation >= current.generation else None
-
-
-def reconciled(model, obj_id):
-    current = observed(model, obj_id)
-    return current if current is not None and current.reconciled else None
 
 
 def buckets_of(moto, obj_id) -> list[str]:

@@ -22,8 +22,10 @@ from tasks import reconcilers
 from tasks.actor import _Renewer, declare_actors
 from tasks.errors import DependencyNotReady, PermanentError
 from tasks.workloads import parse_documents
-from workers.locks import LockManager
 from workers.outbox_relay import message_for, publish_rows
+
+from .reconciling import observed as observed_of
+from .reconciling import wait_for
 
 YAML = """\
 apiVersion: v1
@@ -36,13 +38,6 @@ kind: Deployment
 metadata:
   name: web
 """
-
-
-@pytest.fixture
-def locks(broker, prefix):
-    manager = LockManager(connection=broker.connection, bucket=f"locks_{prefix}")
-    yield manager
-    manager.delete_bucket()
 
 
 @pytest.fixture
@@ -80,16 +75,6 @@ def create(broker, name="web", yaml=YAML) -> WorkloadDefinition:
     written = store.create(WorkloadDefinition, {"name": name, "yaml_document": yaml})
     publish_rows(broker, written.outbox)
     return written.obj
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def observed(obj_id, generation=1) -> WorkloadDefinition | None:
@@ -312,10 +297,6 @@ def test_a_kind_without_a_reconciler_fails_visibly(broker, reconciling, monkeypa
         ("Failed", "Warning")
     ]
 
-
-def observed_of(model, obj_id):
-    current = store.get(model, obj_id)
-    return current if current.observed_generation >= current.generation else None
 
 
 def test_instances_apply_their_definitions_new_documents(broker, reconciling, monkeypatch):
