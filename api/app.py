@@ -24,6 +24,7 @@ from .errors import handle_store_error, handle_unexpected, serialize_problem
 from .health import Check, Healthz, Readyz
 from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson
 from .openapi import OpenApi
+from .proxy import SINK_PREFIX, ExtensionProxy, RouteCache
 from .resources import (
     API_VERSION,
     Collection,
@@ -73,6 +74,8 @@ def create_app(
         app.add_route(f"/{API_VERSION}/{model.plural}", collection)
         app.add_route(f"/{API_VERSION}/{model.plural}/{{object_id}}", item)
         app.add_route(f"/{model.plural}/versions", Versions(model))
+    # Extensions' own API servers get what no route above matched, once the middleware let it in.
+    app.add_sink(ExtensionProxy(routes=RouteCache(), max_body_bytes=settings.max_body_bytes), SINK_PREFIX)
     return app
 
 

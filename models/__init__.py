@@ -29,6 +29,7 @@ from .errors import (
     Unavailable,
 )
 from .events import Event, record_event
+from .extensions import ExtensionApiRoute
 from .gateways import DomainNameDefinition, DomainNameInstance, GatewayDefinition, GatewayInstance
 from .kubernetes import KubernetesRuntimeDefinition, KubernetesRuntimeInstance
 from .migrations import migrate
@@ -73,6 +74,7 @@ __all__ = [
     "GatewayInstance",
     "AttachedObjectReference",
     "Event",
+    "ExtensionApiRoute",
     "record_event",
     "Outbox",
     "registry",

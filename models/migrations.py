@@ -357,6 +357,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX events_object_id_created_at ON events (object_id, created_at)",
         ),
     ),
+    Migration(
+        "0003_extension_routes",
+        (
+            """CREATE TABLE extension_api_routes (id UUID NOT NULL PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    extension TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    timeout_seconds INTEGER NOT NULL
+)""",
+            "CREATE INDEX extension_api_routes_created_at_id ON extension_api_routes (created_at, id)",
+            "CREATE UNIQUE INDEX extension_api_routes_prefix ON extension_api_routes (prefix)",
+        ),
+    ),
 )
 
 

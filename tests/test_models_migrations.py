@@ -119,9 +119,9 @@ def test_a_failing_migration_leaves_no_trace_and_names_itself(fresh):
 
 def test_a_migration_step_may_be_a_function(fresh):
     # Given a data migration written as a function
-    seeded = Migration("0002_seed", (lambda database: database.execute_sql("CREATE TABLE seeded (id INT)"),))
+    seeded = Migration("9000_seed", (lambda database: database.execute_sql("CREATE TABLE seeded (id INT)"),))
 
     # When it is applied, then it ran and is recorded
-    assert migrate(fresh, migrations=(*MIGRATIONS, seeded))[-1] == "0002_seed"
+    assert migrate(fresh, migrations=(*MIGRATIONS, seeded))[-1] == "9000_seed"
     assert "id" in columns(fresh, "seeded")
-    assert applied_migrations(fresh)[-1] == "0002_seed"
+    assert applied_migrations(fresh)[-1] == "9000_seed"
