@@ -9,7 +9,8 @@ from models import Outbox, WorkloadDefinition, store
 from tasks.actor import declare_actors
 from workers.relay import Relay
 
-from .test_reconcile import YAML, calls, locks, observed, wait_for  # noqa: F401  (fixtures)
+from .reconciling import wait_for
+from .test_reconcile import YAML, calls, observed  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
