@@ -2,8 +2,9 @@
 
 The account's endpoint is the fault proxy in front of moto, so a test can
 make AWS fail and count the reconciler's calls; the test itself looks at
-moto directly with boto3. The workload instance has no reconciler yet, so
-the tests mark it reconciled themselves (a stand-in for its reconcile).
+moto directly with boto3. The workload instance is not deployed (no
+cluster here): the tests mark it reconciled themselves, as its reconciler
+would once it had deployed it.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def world(broker, reconciling, aws_proxy) -> World:
         },
     )
     publish_rows(broker, account.outbox + workload_definition.outbox)
-    # The workload instance has no reconciler yet: mark it reconciled, as its reconciler will
+    # The workload instance is not deployed here: mark it reconciled, as its reconciler would
     store.write_status(WorkloadInstance, workload.obj.id, generation=1, status={"phase": "Reconciled"}, reconciled=True)
     wait_for(lambda: reconciled(AwsAccount, account.obj.id))
     wait_for(lambda: reconciled(WorkloadDefinition, workload_definition.obj.id))
