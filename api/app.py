@@ -22,6 +22,7 @@ from .discovery import Kinds, Version
 from .docs import Docs
 from .errors import handle_store_error, handle_unexpected, serialize_problem
 from .health import Check, Healthz, Readyz
+from .metrics import Metrics, RequestMetrics
 from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson
 from .openapi import OpenApi
 from .proxy import SINK_PREFIX, ExtensionProxy, RouteCache
@@ -41,7 +42,7 @@ from .settings import Settings
 __all__ = ["create_app", "get_app", "OPEN_PATHS"]
 
 #: Routes that answer without a token (probes, and what reveals no data: versions, the API's description).
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/version", "/openapi.json", "/docs"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/version", "/openapi.json", "/docs", "/metrics"})
 
 
 def create_app(
@@ -53,6 +54,7 @@ def create_app(
     """The API for every registered kind; ``publish`` sends committed outbox rows (fast path)."""
     app = falcon.App(
         middleware=[
+            RequestMetrics(),
             RequestId(),
             BearerAuth(settings.token_hashes, open_paths=OPEN_PATHS),
             BodyLimit(settings.max_body_bytes),
@@ -65,6 +67,7 @@ def create_app(
     app.add_error_handler(StoreError, handle_store_error)
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(checks or {}))
+    app.add_route("/metrics", Metrics())
     app.add_route("/version", Version())
     app.add_route(f"/{API_VERSION}/kinds", Kinds())
     app.add_route("/openapi.json", OpenApi(app))

@@ -409,15 +409,22 @@ def _readiness() -> dict[str, Any]:
     return operation
 
 
-def _docs() -> dict[str, Any]:
-    return {
-        "operationId": "getDocs",
-        "summary": "This document as a web page",
-        "tags": ["API"],
-        "responses": {
-            "200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
-        },
-    }
+def _text_answer(operation_id: str, summary: str, media_type: str, what: str) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        return {
+            "operationId": operation_id,
+            "summary": summary,
+            "tags": ["API"],
+            "responses": {"200": {"description": what, "content": {media_type: {"schema": {"type": "string"}}}}},
+        }
+
+    return build
+
+
+_docs = _text_answer("getDocs", "This document as a web page", "text/html", "An HTML page.")
+_metrics = _text_answer(
+    "getMetrics", "Prometheus metrics of this API process", "text/plain", "Prometheus text exposition format."
+)
 
 
 _API_OPERATIONS: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
@@ -429,6 +436,7 @@ _API_OPERATIONS: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
     ),
     ("/openapi.json", "get"): _json_answer("getOpenApiDocument", "This OpenAPI document", "OpenApiDocument"),
     ("/docs", "get"): _docs,
+    ("/metrics", "get"): _metrics,
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
 from typing import Optional
 
@@ -33,8 +34,17 @@ def run(
     nats_url: str = typer.Option("nats://127.0.0.1:4222", envvar="NATS_URL", help="NATS server(s)."),
     prefix: str = typer.Option("threeport", envvar="THREEPORT_PREFIX", help="Namespace of streams."),
     shutdown_timeout: float = typer.Option(25.0, help="Seconds running actors get to finish on SIGTERM."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", envvar="THREEPORT_METRICS_PORT", help="Serve Prometheus /metrics on this port."
+    ),
 ) -> None:
     """Run worker processes until SIGTERM or Ctrl-C."""
+    if metrics_port is not None:
+        if processes > 1:  # the processes' metrics meet in files (inherited by the spawned children)
+            os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="threeport-metrics-"))
+        from workers.metrics import start_metrics_server
+
+        start_metrics_server(metrics_port)
     options = dict(
         threads=threads,
         queues=queues or None,
@@ -73,6 +83,7 @@ def _serve(
 
     from tasks.actor import declare_actors
     from workers.broker import JetStreamBroker
+    from workers.metrics import MessageMetrics
     from workers.relay import Relay
 
     signals: list[int] = []
@@ -81,6 +92,7 @@ def _serve(
     bind(database_from_url(database_url))
     secrets.configure(os.environ.get(secrets.ENV_VAR))
     broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-worker")
+    broker.add_middleware(MessageMetrics())
     dramatiq.set_broker(broker)
     declare_actors(broker, queues)
     broker.emit_after("process_boot")

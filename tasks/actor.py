@@ -35,6 +35,7 @@ from models.transactions import run_in_transaction
 from workers.broker import JetStreamBroker
 from workers.errors import LockError, LockLost
 from workers.locks import Lease, LockManager
+from workers.metrics import reconcile_timer
 
 from .errors import DependencyNotReady, PermanentError, TemporaryError
 from .reconcilers import reconciler_for
@@ -74,7 +75,8 @@ class ReconcileActor:
         renewer = _Renewer(lease)
         renewer.start()
         try:
-            self._reconcile(model, object_id, requeues)
+            with reconcile_timer(model.kind) as outcome:
+                outcome.result = self._reconcile(model, object_id, requeues)
         finally:
             renewer.stop()
             lease.release()
@@ -89,16 +91,17 @@ class ReconcileActor:
         message = Message(queue_name=model.queue, actor_name=model.actor, args=(), kwargs=kwargs, options={})
         self.broker.enqueue(message, delay=max(1, int(delay * 1000)))
 
-    def _reconcile(self, model: type[ReconciledModel], object_id: str, requeues: int) -> None:
+    def _reconcile(self, model: type[ReconciledModel], object_id: str, requeues: int) -> str:
+        """Reconcile the object; the result for the metrics (reconciled, waiting, failed, skipped, deleted)."""
         try:
             obj = store.get(model, object_id)
         except NotFound:
-            return  # deleted meanwhile: nothing to do
+            return "skipped"  # deleted meanwhile: nothing to do
         generation = obj.generation
         reconciler = reconciler_for(model.kind)
         deleting = obj.deletion_scheduled is not None
         if not deleting and obj.observed_generation >= generation:
-            return  # this generation was reconciled already (a duplicate or late message)
+            return "skipped"  # this generation was reconciled already (a duplicate or late message)
 
         def status(phase: str, message: str, *, reason: str, warning: bool = False, **flags) -> None:
             outcome = {"phase": phase, "message": message}
@@ -115,22 +118,22 @@ class ReconcileActor:
                 if reconciler is not None:
                     reconciler.delete(obj)
                 store.confirm_deletion(model, obj.id)
-                return
+                return "deleted"
             _dependencies_must_be_ready(obj)
             if reconciler is None:
                 raise PermanentError(f"no reconciler for kind {model.kind}")
             reconciler.reconcile(obj)
         except NotFound:
-            return  # deleted while being reconciled
+            return "skipped"  # deleted while being reconciled
         except TemporaryError as exc:
             status("Waiting", exc.message or type(exc).__name__, reason=type(exc).__name__, observed=False)
             delay = exc.delay if exc.delay is not None else _dependency_backoff(requeues)
             self.requeue(model, object_id, generation, requeues=requeues, delay=delay)
-            return
+            return "waiting"
         except PermanentError as exc:
             flags = {} if deleting else {"creation_failed": True, "reconciled": False}
             status("Failed", exc.message or type(exc).__name__, reason="Failed", warning=True, **flags)
-            return
+            return "failed"
         except Exception as exc:
             try:
                 message = f"{type(exc).__name__}: {exc} (retrying)"
@@ -141,6 +144,7 @@ class ReconcileActor:
         status(
             "Reconciled", "", reason="Reconciled", reconciled=True, creation_failed=False, creation_confirmed=True
         )
+        return "reconciled"
 
 
 def _dependencies_must_be_ready(obj: ReconciledModel) -> None:
