@@ -9,19 +9,12 @@ written to files there and ``/metrics`` sums every process's.
 
 from __future__ import annotations
 
-import os
 import time
 
 import falcon
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from workers.metrics import metrics_registry
 
 __all__ = ["RequestMetrics", "Metrics"]
 
@@ -55,13 +48,5 @@ class Metrics:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = generate_latest(_registry())
+        resp.data = generate_latest(metrics_registry())
 
-
-def _registry() -> CollectorRegistry:
-    """Every gunicorn worker's metrics when ``PROMETHEUS_MULTIPROC_DIR`` is set, else this process's."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return REGISTRY
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return registry

@@ -44,7 +44,7 @@ def reconciling(database, broker, locks) -> Iterator[Worker]:
     worker.stop()
 
 
-def wait_for(predicate: Callable[[], Optional[T]], timeout: float = 20.0) -> T:
+def wait_for(predicate: Callable[[], Optional[T]], timeout: float = 30.0) -> T:
     """``predicate()``'s first truthy value; AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

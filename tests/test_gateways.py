@@ -30,7 +30,8 @@ from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .kube import RESOURCES, runtime_for
-from .test_workload_instances import WEB, definition, healthy, instance, namespace_of, observed, ready, wait_for
+from .reconciling import observed, wait_for
+from .test_workload_instances import WEB, definition, healthy, instance, namespace_of, ready
 
 DATABASE = """\
 apiVersion: v1

@@ -10,9 +10,8 @@ test runs the same story against a real cluster when one is given
 from __future__ import annotations
 
 import base64
-import time
 import uuid
-from typing import Any, Optional
+from typing import Optional
 
 import pytest
 from dramatiq import Worker
@@ -39,6 +38,7 @@ from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .kube import runtime_for
+from .reconciling import observed, wait_for
 
 CONFIG_MAP = """\
 apiVersion: v1
@@ -107,22 +107,6 @@ def reconciling(database, broker, locks, fast):
     worker.start()
     yield worker
     worker.stop()
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
-def observed(model, obj_id) -> Optional[Any]:
-    """The object once its current generation is observed."""
-    current = store.get(model, obj_id)
-    return current if current.observed_generation == current.generation else None
 
 
 def definition(broker, yaml: str = WEB, name: str = "web") -> WorkloadDefinition:
