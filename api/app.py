@@ -14,6 +14,7 @@ import falcon
 
 from models import StoreError, bind, database_from_url, registry, secrets
 from models.base import ReconciledModel, RecordModel
+from models.extension_kinds import Extension, ExtensionCatalog
 from workers.broker import JetStreamBroker
 from workers.outbox_relay import publish_rows
 
@@ -21,6 +22,7 @@ from .checks import database_check, nats_check
 from .discovery import Kinds, Version
 from .docs import Docs
 from .errors import handle_store_error, handle_unexpected, serialize_problem
+from .extensions import ExtensionCollection, ExtensionItem, ExtensionSink
 from .health import Check, Healthz, Readyz
 from .metrics import Metrics, RequestMetrics
 from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson
@@ -69,21 +71,29 @@ def create_app(
     app.add_route("/readyz", Readyz(checks or {}))
     app.add_route("/metrics", Metrics())
     app.add_route("/version", Version())
-    app.add_route(f"/{API_VERSION}/kinds", Kinds())
-    app.add_route("/openapi.json", OpenApi(app))
-    app.add_route("/docs", Docs(app))
+    catalog = ExtensionCatalog()  # the extension kinds this app serves, kept current from the database
+    publish = publish or _no_publish
+    app.add_route(f"/{API_VERSION}/kinds", Kinds(catalog))
+    app.add_route("/openapi.json", OpenApi(app, catalog))
+    app.add_route("/docs", Docs(app, catalog))
     for model in registry.kinds():
-        collection, item = _resources(model, publish or _no_publish)
-        app.add_route(f"/{API_VERSION}/{model.plural}", collection)
-        app.add_route(f"/{API_VERSION}/{model.plural}/{{object_id}}", item)
+        collection, item = _resources(model, publish, catalog)
+        app.add_route(model.collection_path(), collection)
+        app.add_route(f"{model.collection_path()}/{{object_id}}", item)
         app.add_route(f"/{model.plural}/versions", Versions(model))
-    # Extensions' own API servers get what no route above matched, once the middleware let it in.
-    app.add_sink(ExtensionProxy(routes=RouteCache(), max_body_bytes=settings.max_body_bytes), SINK_PREFIX)
+    # What no route above matched, once the middleware let it in: extension kinds' objects,
+    # else extensions' own API servers.
+    routes = RouteCache()
+    proxy = ExtensionProxy(routes=routes, max_body_bytes=settings.max_body_bytes)
+    sink = ExtensionSink(catalog, publish, proxy, proxied=lambda path: routes.route_for(path) is not None)
+    app.add_sink(sink, SINK_PREFIX)
     return app
 
 
-def _resources(model, publish: Publisher) -> tuple[object, object]:
+def _resources(model, publish: Publisher, catalog: ExtensionCatalog) -> tuple[object, object]:
     """The collection and item resources of ``model``, by its family."""
+    if model is Extension:
+        return ExtensionCollection(catalog), ExtensionItem(catalog)
     if issubclass(model, ReconciledModel):
         return Collection(model, publish), Item(model, publish)
     if issubclass(model, RecordModel) and model.client_writable:

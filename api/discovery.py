@@ -15,6 +15,7 @@ import falcon
 
 from models import registry
 from models.base import KindModel, ReconciledModel, RecordModel
+from models.extension_kinds import ExtensionCatalog
 from models.schema import fields_of
 
 __all__ = ["Version", "Kinds", "describe_kind", "server_version", "API_VERSIONS"]
@@ -37,7 +38,7 @@ def describe_kind(model: type[KindModel]) -> dict[str, Any]:
     return {
         "kind": model.kind,
         "plural": model.plural,
-        "path": f"/{API_VERSIONS[0]}/{model.plural}",
+        "path": model.collection_path(),
         "summary": model.summary,
         "reconciled": reconciled,
         "queue": model.queue if reconciled else None,
@@ -66,7 +67,11 @@ class Version:
 
 
 class Kinds:
-    """``/v0/kinds``"""
+    """``/v0/kinds``: the core kinds, then the extension kinds of ``catalog``."""
+
+    def __init__(self, catalog: ExtensionCatalog) -> None:
+        self.catalog = catalog
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"items": [describe_kind(model) for model in registry.kinds()]}
+        kinds = [*registry.kinds(), *self.catalog.models()]
+        resp.media = {"items": [describe_kind(model) for model in kinds]}

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import falcon
 
+from models.extension_kinds import ExtensionCatalog
+
 from .openapi import HTTP_METHODS, openapi_document
 
 __all__ = ["Docs", "render_docs"]
@@ -32,12 +34,13 @@ section { border-top: 2px solid #eee; margin-top: 2rem; }
 class Docs:
     """``/docs``"""
 
-    def __init__(self, app: falcon.App) -> None:
+    def __init__(self, app: falcon.App, catalog: ExtensionCatalog) -> None:
         self.app = app
+        self.catalog = catalog
         self._rendered: tuple[Any, str] = (None, "")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        document = openapi_document(self.app)
+        document = openapi_document(self.app, extension_kinds=self.catalog.models())
         source, page = self._rendered
         if source is not document:
             page = render_docs(document)

@@ -106,8 +106,8 @@ class RequireJson:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         accepted = self.ACCEPTED.get(req.method)
-        if accepted is None:
-            return
+        if accepted is None or not (req.content_length or req.get_header("Transfer-Encoding")):
+            return  # no body, nothing to check (a handler that needs one says so)
         media_type = (req.content_type or "").split(";")[0].strip().lower()
         if media_type not in accepted:
             raise falcon.HTTPUnsupportedMediaType(

@@ -21,8 +21,9 @@ import falcon.inspect
 
 from models import registry
 from models.base import KindModel, ReconciledModel, RecordModel
+from models.extension_kinds import ExtensionCatalog, ExtensionObject
 from models.schema import FieldInfo, fields_of
-from models.store import MAX_PAGE_SIZE
+from models.store import MAX_PAGE_SIZE, STATUS_FLAGS
 from models.validation import filterable
 
 from .discovery import server_version
@@ -54,8 +55,13 @@ _cache: collections.OrderedDict[int, tuple[falcon.App, tuple, dict[str, Any]]] =
 _cache_lock = threading.Lock()
 
 
-def openapi_document(app: falcon.App, *, open_paths: Optional[frozenset[str]] = None) -> dict[str, Any]:
-    """The OpenAPI document of ``app``: every route it serves, every registered kind.
+def openapi_document(
+    app: falcon.App,
+    *,
+    open_paths: Optional[frozenset[str]] = None,
+    extension_kinds: Iterable[type[ExtensionObject]] = (),
+) -> dict[str, Any]:
+    """The OpenAPI document of ``app``: every route it serves, every core kind and ``extension_kinds``.
 
     ``open_paths`` answer without a token (by default the app module's
     ``OPEN_PATHS``). The document is cached, and shared: do not change it.
@@ -64,7 +70,7 @@ def openapi_document(app: falcon.App, *, open_paths: Optional[frozenset[str]] = 
         from .app import OPEN_PATHS  # the app module imports this one
 
         open_paths = OPEN_PATHS
-    key = (tuple(registry.kinds()), open_paths)
+    key = (tuple(registry.kinds()) + tuple(extension_kinds), open_paths)
     with _cache_lock:
         cached = _cache.get(id(app))
         if cached is not None and cached[0] is app and cached[1] == key:
@@ -95,11 +101,12 @@ def schema_ref(name: str) -> dict[str, str]:
 class OpenApi:
     """``/openapi.json``"""
 
-    def __init__(self, app: falcon.App) -> None:
+    def __init__(self, app: falcon.App, catalog: ExtensionCatalog) -> None:
         self.app = app
+        self.catalog = catalog
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = openapi_document(self.app)
+        resp.media = openapi_document(self.app, extension_kinds=self.catalog.models())
 
 
 # Building -------------------------------------------------------------------------
@@ -110,7 +117,15 @@ def _build(app: falcon.App, *, kinds: Iterable[type[KindModel]], open_paths: fro
     routes = _kind_routes(kinds)
     used_ids: set[str] = set()
     paths: dict[str, Any] = {}
-    for path, methods in routed_operations(app).items():
+    routed = routed_operations(app)
+    for model in kinds:  # extension kinds are served by the extension sink, not by routes
+        if issubclass(model, ExtensionObject):
+            routed[model.collection_path()] = ["get", "post"]
+            routed[f"{model.collection_path()}/{{object_id}}"] = ["get", "patch", "put", "delete"]
+            if model.reconcilable:
+                routed[f"{model.collection_path()}/{{object_id}}/status"] = ["put"]
+                routed[f"{model.collection_path()}/{{object_id}}/confirm-deletion"] = ["post"]
+    for path, methods in routed.items():
         item: dict[str, Any] = {}
         parameters = _path_parameters(path)
         if parameters:
@@ -179,10 +194,20 @@ def _kind_routes(kinds: list[type[KindModel]]) -> dict[str, tuple[type[KindModel
     """Path template → (kind, role) for the routes :func:`api.app.create_app` gives every kind."""
     routes = {}
     for model in kinds:
-        routes[f"/{API_VERSION}/{model.plural}"] = (model, "collection")
-        routes[f"/{API_VERSION}/{model.plural}/{{object_id}}"] = (model, "item")
+        routes[model.collection_path()] = (model, "collection")
+        routes[f"{model.collection_path()}/{{object_id}}"] = (model, "item")
         routes[f"/{model.plural}/versions"] = (model, "versions")
+        routes[f"{model.collection_path()}/{{object_id}}/status"] = (model, "status")
+        routes[f"{model.collection_path()}/{{object_id}}/confirm-deletion"] = (model, "confirm-deletion")
     return routes
+
+
+def _name(model: type[KindModel]) -> str:
+    """The kind as an identifier (operation ids, schema names).
+
+    ``acmecorp.com/v1/FancyWorkload`` → ``AcmecorpComV1FancyWorkload``; core kinds stay as they are.
+    """
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", model.kind))
 
 
 def _operation(path: str, method: str, kind_route: Optional[tuple[type[KindModel], str]]) -> dict[str, Any]:
@@ -239,7 +264,7 @@ def _camel_plural(model: type[KindModel]) -> str:
 def _object_response(model: type[KindModel], description: str, *, headers: Iterable[str] = ()) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
-        "content": {"application/json": {"schema": schema_ref(model.kind)}},
+        "content": {"application/json": {"schema": schema_ref(_name(model))}},
     }
     if headers:
         response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
@@ -282,7 +307,7 @@ def _list(model: type[KindModel]) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": f"A page of {_plural_words(model)}.",
-                "content": {"application/json": {"schema": schema_ref(f"{model.kind}List")}},
+                "content": {"application/json": {"schema": schema_ref(f"{_name(model)}List")}},
             },
             **_problems("422", "503"),
         },
@@ -291,9 +316,9 @@ def _list(model: type[KindModel]) -> dict[str, Any]:
 
 def _create(model: type[KindModel]) -> dict[str, Any]:
     return {
-        "operationId": f"create{model.kind}",
+        "operationId": f"create{_name(model)}",
         "summary": f"Create a {model.kind}",
-        "requestBody": _body(f"{model.kind}Create"),
+        "requestBody": _body(f"{_name(model)}Create"),
         "responses": {
             "201": _object_response(model, f"The {model.kind} as stored.", headers=(*_etag(model), "Location")),
             **_problems("400", "409", "413", "415", "422", "503"),
@@ -303,7 +328,7 @@ def _create(model: type[KindModel]) -> dict[str, Any]:
 
 def _get(model: type[KindModel]) -> dict[str, Any]:
     return {
-        "operationId": f"get{model.kind}",
+        "operationId": f"get{_name(model)}",
         "summary": f"Get a {model.kind}",
         "responses": {
             "200": _object_response(model, f"The {model.kind}.", headers=_etag(model)),
@@ -314,10 +339,10 @@ def _get(model: type[KindModel]) -> dict[str, Any]:
 
 def _patch(model: type[KindModel]) -> dict[str, Any]:
     return {
-        "operationId": f"update{model.kind}",
+        "operationId": f"update{_name(model)}",
         "summary": f"Change some fields of a {model.kind}",
         "parameters": [_if_match()],
-        "requestBody": _body(f"{model.kind}Update", media_types=("application/json", "application/merge-patch+json")),
+        "requestBody": _body(f"{_name(model)}Update", media_types=("application/json", "application/merge-patch+json")),
         "responses": {
             "200": _object_response(model, f"The {model.kind} as changed.", headers=("ETag",)),
             **_problems("400", "404", "409", "412", "413", "415", "422", "503"),
@@ -327,10 +352,10 @@ def _patch(model: type[KindModel]) -> dict[str, Any]:
 
 def _put(model: type[KindModel]) -> dict[str, Any]:
     return {
-        "operationId": f"replace{model.kind}",
+        "operationId": f"replace{_name(model)}",
         "summary": f"Replace a {model.kind} (every writable field)",
         "parameters": [_if_match()],
-        "requestBody": _body(f"{model.kind}Replace"),
+        "requestBody": _body(f"{_name(model)}Replace"),
         "responses": {
             "200": _object_response(model, f"The {model.kind} as replaced.", headers=("ETag",)),
             **_problems("400", "404", "409", "412", "413", "415", "422", "503"),
@@ -341,12 +366,12 @@ def _put(model: type[KindModel]) -> dict[str, Any]:
 def _delete(model: type[KindModel]) -> dict[str, Any]:
     if not issubclass(model, ReconciledModel):
         return {
-            "operationId": f"delete{model.kind}",
+            "operationId": f"delete{_name(model)}",
             "summary": f"Delete a {model.kind}",
             "responses": {"204": {"description": "Deleted."}, **_problems("404", "503")},
         }
     return {
-        "operationId": f"delete{model.kind}",
+        "operationId": f"delete{_name(model)}",
         "summary": f"Schedule the deletion of a {model.kind}",
         "description": f"{model.summary}\n\nThe reconciler removes it; GET answers 404 once it has.".strip(),
         "parameters": [_if_match()],
@@ -359,7 +384,7 @@ def _delete(model: type[KindModel]) -> dict[str, Any]:
 
 def _versions(model: type[KindModel]) -> dict[str, Any]:
     return {
-        "operationId": f"get{model.kind}Versions",
+        "operationId": f"get{_name(model)}Versions",
         "summary": f"API versions that serve {model.kind}",
         "responses": {
             "200": {
@@ -370,7 +395,51 @@ def _versions(model: type[KindModel]) -> dict[str, Any]:
     }
 
 
+def _report_status(model: type[KindModel]) -> dict[str, Any]:
+    flags = {name: {"type": "boolean"} for name in sorted(STATUS_FLAGS)}
+    event = {
+        "type": "object",
+        "properties": {
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "type": {"enum": ["Normal", "Warning"]},
+        },
+        "required": ["reason"],
+    }
+    body = {
+        "type": "object",
+        "properties": {
+            "generation": {"type": "integer", "description": "The generation the controller reconciled."},
+            "status": {"type": "object", "description": "Keys merged into the object's status."},
+            "observed": {"type": "boolean", "default": True, "description": "Whether the generation is done."},
+            "event": event,
+            **flags,
+        },
+        "required": ["generation"],
+        "additionalProperties": False,
+    }
+    return {
+        "operationId": f"reportStatusOf{_name(model)}",
+        "summary": f"Report the reconcile of a {model.kind} (its extension's controller)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": _object_response(model, "The object with the report written.", headers=("ETag",)),
+            **_problems("404", "409", "422", "503"),
+        },
+    }
+
+
+def _confirm_deletion(model: type[KindModel]) -> dict[str, Any]:
+    return {
+        "operationId": f"confirmDeletionOf{_name(model)}",
+        "summary": f"Confirm a {model.kind} is torn down (its extension's controller): the object goes",
+        "responses": {"204": {"description": "Removed."}, **_problems("404", "409", "503")},
+    }
+
+
 _KIND_OPERATIONS: dict[tuple[str, str], Callable[[type[KindModel]], dict[str, Any]]] = {
+    ("status", "put"): _report_status,
+    ("confirm-deletion", "post"): _confirm_deletion,
     ("collection", "get"): _list,
     ("collection", "post"): _create,
     ("item", "get"): _get,
@@ -482,7 +551,7 @@ def _kind_schemas(model: type[KindModel]) -> dict[str, Any]:
     shown = [info for info in infos if not info.secret]
     writable = [info for info in infos if info.writable]
     schemas: dict[str, Any] = {
-        model.kind: {
+        _name(model): {
             "type": "object",
             "description": model.summary or model.kind,
             "properties": {
@@ -491,11 +560,11 @@ def _kind_schemas(model: type[KindModel]) -> dict[str, Any]:
             },
             "required": ["kind", *(info.name for info in shown)],
         },
-        f"{model.kind}List": {
+        f"{_name(model)}List": {
             "type": "object",
             "description": f"A page of {_plural_words(model)}.",
             "properties": {
-                "items": {"type": "array", "items": schema_ref(model.kind)},
+                "items": {"type": "array", "items": schema_ref(_name(model))},
                 "next": {
                     "anyOf": [{"type": "string"}, {"type": "null"}],
                     "description": "The cursor of the next page (pass it as `after`); null on the last page.",
@@ -505,12 +574,12 @@ def _kind_schemas(model: type[KindModel]) -> dict[str, Any]:
         },
     }
     if _writable(model):
-        schemas[f"{model.kind}Create"] = _body_schema(
+        schemas[f"{_name(model)}Create"] = _body_schema(
             model, writable, required=[i.name for i in writable if i.required], what="creates"
         )
     if issubclass(model, ReconciledModel):
-        schemas[f"{model.kind}Update"] = _body_schema(model, writable, required=[], what="changes (PATCH)")
-        schemas[f"{model.kind}Replace"] = _body_schema(
+        schemas[f"{_name(model)}Update"] = _body_schema(model, writable, required=[], what="changes (PATCH)")
+        schemas[f"{_name(model)}Replace"] = _body_schema(
             model, writable, required=[i.name for i in writable], what="replaces (PUT: every writable field)"
         )
     return schemas
@@ -542,15 +611,11 @@ def _property(info: FieldInfo, *, read_only: bool = False, write_only: bool = Fa
 
 
 def _filters(model: type[KindModel]) -> list[FieldInfo]:
-    return [
-        info
-        for info in fields_of(model).values()
-        if filterable(info) and info.name not in LIST_PARAMETERS
-    ]
+    return [info for info in fields_of(model).values() if filterable(info) and info.name not in LIST_PARAMETERS]
 
 
 def _filter_key(model: type[KindModel], info: FieldInfo) -> str:
-    return f"{model.kind}.{info.name}"
+    return f"{_name(model)}.{info.name}"
 
 
 def _filter_parameter(info: FieldInfo) -> dict[str, Any]:

@@ -118,7 +118,7 @@ class Collection(_KindResource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         obj = self._published(store.create(self.model, _body(req)))
-        resp.location = f"/{API_VERSION}/{self.model.plural}/{obj.id}"
+        resp.location = f"{self.model.collection_path()}/{obj.id}"
         _answer(resp, obj, falcon.HTTP_201)
 
 
@@ -172,7 +172,7 @@ class WritableRecordCollection(RecordCollection):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         record = store.create_record(self.model, _body(req))
-        resp.location = f"/{API_VERSION}/{self.model.plural}/{record.id}"
+        resp.location = f"{self.model.collection_path()}/{record.id}"
         resp.status = falcon.HTTP_201
         resp.media = as_json(record)
 

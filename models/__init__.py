@@ -29,6 +29,7 @@ from .errors import (
     Unavailable,
 )
 from .events import Event, record_event
+from .extension_kinds import Extension
 from .extensions import ExtensionApiRoute
 from .gateways import DomainNameDefinition, DomainNameInstance, GatewayDefinition, GatewayInstance
 from .kubernetes import KubernetesRuntimeDefinition, KubernetesRuntimeInstance
@@ -74,6 +75,7 @@ __all__ = [
     "GatewayInstance",
     "AttachedObjectReference",
     "Event",
+    "Extension",
     "ExtensionApiRoute",
     "record_event",
     "Outbox",

@@ -72,6 +72,11 @@ class KindModel(BaseModel):
     created_at = UTCDateTimeField(default=utcnow)
 
     @classmethod
+    def collection_path(cls) -> str:
+        """Where the API serves the kind's objects, e.g. ``/v0/workload-instances``."""
+        return f"/v0/{cls.plural}"
+
+    @classmethod
     def user_fields(cls) -> frozenset[str]:
         """The fields (by model field name) a client may write."""
         return frozenset()
@@ -113,6 +118,8 @@ class ReconciledModel(KindModel):
     actor: ClassVar[str] = "reconcile"
     #: What a 409 says when a write breaks one of the kind's unique constraints (by constraint name).
     unique_constraints: ClassVar[dict[str, str]] = {}
+    #: Whether a controller reconciles it: when not, writes enqueue nothing and deletion is immediate.
+    reconcilable: ClassVar[bool] = True
 
     name = peewee.TextField(unique=True)
     updated_at = UTCDateTimeField(default=utcnow)

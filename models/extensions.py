@@ -25,7 +25,7 @@ from .errors import Conflict, InvalidObject, NotFound
 from .registry import by_plural, register
 from .transactions import transactional
 
-__all__ = ["ExtensionApiRoute", "changed_routes", "CORE_SEGMENTS", "MAX_TIMEOUT_SECONDS"]
+__all__ = ["ExtensionApiRoute", "changed_routes", "check_domain", "CORE_SEGMENTS", "MAX_TIMEOUT_SECONDS"]
 
 #: First path segments the core API serves itself (its routes win over any proxy route).
 CORE_SEGMENTS = frozenset({"v0", "healthz", "readyz", "version", "openapi.json", "docs"})
@@ -59,7 +59,7 @@ class ExtensionApiRoute(RecordModel):
     @classmethod
     def check(cls, values: dict[str, Any]) -> None:
         extension, prefix = values["extension"], values["prefix"]
-        _check_domain(extension)
+        check_domain(extension)
         _check_prefix(prefix)
         _check_upstream(values["upstream"])
         timeout = values.get("timeout_seconds", 30)
@@ -91,11 +91,10 @@ def _fingerprint() -> str:
     return f"{count}:{digest}"
 
 
-def _check_domain(extension: str) -> None:
-    if len(extension) > 253 or not _DOMAIN.fullmatch(extension):
-        raise InvalidObject(
-            f"field 'extension' must be a lower-case DNS domain such as 'acmecorp.com', not {extension!r}"
-        )
+def check_domain(domain: str, *, field: str = "extension") -> None:
+    """Raise InvalidObject unless ``domain`` is a lower-case DNS domain (what namespaces an extension)."""
+    if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
+        raise InvalidObject(f"field {field!r} must be a lower-case DNS domain such as 'acmecorp.com', not {domain!r}")
 
 
 def _check_prefix(prefix: str) -> None:
@@ -129,6 +128,11 @@ def _must_not_clash(extension: str, prefix: str) -> None:
     first = prefix.split("/")[1]
     if first in CORE_SEGMENTS or _is_plural(first):
         raise Conflict(f"prefix {prefix!r} overlaps the core API's paths (/{first})")
+    from .extension_kinds import served_prefixes  # which imports this module
+
+    for served in served_prefixes():
+        if prefix.startswith(served) or served.startswith(prefix):
+            raise Conflict(f"prefix {prefix!r} overlaps {served!r}, whose kinds the core API serves")
     for other in ExtensionApiRoute.select(ExtensionApiRoute.extension, ExtensionApiRoute.prefix):
         if other.prefix == prefix:
             raise Conflict(f"prefix {prefix!r} is already routed for extension {other.extension!r}")

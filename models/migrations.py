@@ -371,6 +371,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX extension_api_routes_prefix ON extension_api_routes (prefix)",
         ),
     ),
+    Migration(
+        "0005_extensions",
+        (
+            """CREATE TABLE extensions (id UUID NOT NULL PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    domain TEXT NOT NULL,
+    version TEXT NOT NULL,
+    queue TEXT,
+    kinds JSONB NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    updated_at TIMESTAMPTZ NOT NULL,
+    resource_version BIGINT NOT NULL DEFAULT 1
+)""",
+            "CREATE INDEX extensions_created_at_id ON extensions (created_at, id)",
+            "CREATE UNIQUE INDEX extensions_domain_version ON extensions (domain, version)",
+        ),
+    ),
 )
 
 

@@ -13,12 +13,14 @@ from typing import TypeVar
 from .base import LIFECYCLE_FIELDS, KindModel, ReconciledModel
 from .errors import NotFound
 
-__all__ = ["register", "by_kind", "by_plural", "kinds", "reconciled_kinds"]
+__all__ = ["register", "by_kind", "by_plural", "kinds", "reconciled_kinds", "set_extension_kinds", "extension_kinds"]
 
 M = TypeVar("M", bound=type[KindModel])
 
 _by_kind: dict[str, type[KindModel]] = {}
 _by_plural: dict[str, type[KindModel]] = {}
+#: Kinds extensions registered at runtime (by qualified kind), replaced as a whole on every change.
+_extension_kinds: dict[str, type[ReconciledModel]] = {}
 
 
 def register(model: M) -> M:
@@ -44,10 +46,10 @@ def register(model: M) -> M:
 
 def by_kind(kind: str) -> type[KindModel]:
     """The model of ``kind``; :class:`~models.errors.NotFound` when there is none."""
-    try:
-        return _by_kind[kind]
-    except KeyError:
-        raise NotFound(f"no kind named {kind!r}") from None
+    model = _by_kind.get(kind) or _extension_kinds.get(kind)
+    if model is None:
+        raise NotFound(f"no kind named {kind!r}")
+    return model
 
 
 def by_plural(plural: str) -> type[KindModel]:
@@ -59,10 +61,21 @@ def by_plural(plural: str) -> type[KindModel]:
 
 
 def kinds() -> list[type[KindModel]]:
-    """Every registered model, in registration order."""
+    """Every built-in model, in registration order (extension kinds: :func:`extension_kinds`)."""
     return list(_by_kind.values())
 
 
 def reconciled_kinds() -> list[type[ReconciledModel]]:
-    """Every registered kind the control plane reconciles, in registration order."""
+    """Every built-in kind the control plane reconciles, in registration order."""
     return [model for model in _by_kind.values() if issubclass(model, ReconciledModel)]
+
+
+def set_extension_kinds(models: list[type[ReconciledModel]]) -> None:
+    """Replace the kinds extensions registered (see :mod:`models.extension_kinds`), by their qualified kind."""
+    global _extension_kinds
+    _extension_kinds = {model.kind: model for model in models}
+
+
+def extension_kinds() -> list[type[ReconciledModel]]:
+    """The extension kinds this process knows of, as of its catalog's last refresh."""
+    return list(_extension_kinds.values())

@@ -32,6 +32,7 @@ _TYPES: tuple[tuple[type[peewee.Field], dict[str, Any], tuple[type, ...]], ...] 
     (peewee.ForeignKeyField, {"type": "string", "format": "uuid"}, (uuid.UUID, str)),
     (peewee.BooleanField, {"type": "boolean"}, (bool,)),
     (peewee.IntegerField, {"type": "integer"}, (int,)),
+    (peewee.FloatField, {"type": "number"}, (int, float)),
     (peewee.UUIDField, {"type": "string", "format": "uuid"}, (uuid.UUID, str)),
     (peewee.DateTimeField, {"type": "string", "format": "date-time"}, (dt.datetime,)),
     (peewee.TextField, {"type": "string"}, (str,)),
@@ -116,6 +117,8 @@ def _info(model: type[KindModel], field: peewee.Field, writable: frozenset[str])
 
 
 def _schema_of(field: peewee.Field) -> dict[str, Any]:
+    if getattr(field, "json_schema", None) is not None:  # an extension kind's property
+        return dict(field.json_schema)
     if isinstance(field, JSONDocument):
         return dict(field.schema)
     if isinstance(field, BinaryJSONField):

@@ -103,7 +103,7 @@ def create(model: type[M], fields: Mapping[str, Any]) -> Written[M]:
     obj = model(**values, created_at=now, updated_at=now)
     with _unique(model, obj.name):
         obj.save(force_insert=True)
-    return Written(obj, [_enqueue(obj)])
+    return Written(obj, _enqueued(obj))
 
 
 @transactional
@@ -133,7 +133,7 @@ def update(
         values["generation"] = obj.generation + 1
     with _unique(model, changes.get("name")):
         _compare_and_set(obj, values)
-    return Written(obj, [_enqueue(obj)] if spec_changed else [])
+    return Written(obj, _enqueued(obj) if spec_changed else [])
 
 
 @transactional
@@ -148,6 +148,10 @@ def schedule_deletion(model: type[M], object_id: uuid.UUID | str, *, if_match: O
         return Written(obj)
     _must_not_be_referenced(obj)
     now = utcnow()
+    if not model.reconcilable:  # nothing to tear down: gone at once
+        obj.deletion_scheduled = obj.updated_at = now
+        _remove(obj)
+        return Written(obj)
     _compare_and_set(
         obj,
         {
@@ -157,7 +161,7 @@ def schedule_deletion(model: type[M], object_id: uuid.UUID | str, *, if_match: O
             "resource_version": obj.resource_version + 1,
         },
     )
-    return Written(obj, [_enqueue(obj)])
+    return Written(obj, _enqueued(obj))
 
 
 @transactional
@@ -173,9 +177,7 @@ def confirm_deletion(model: type[ReconciledModel], object_id: uuid.UUID | str) -
     if obj.deletion_scheduled is None:
         raise Conflict(f"{model.kind} {obj.id} cannot be removed: its deletion is not scheduled")
     _must_not_be_referenced(obj)
-    for forget in _on_removal:
-        forget(model.kind, obj.id)
-    obj.delete_instance()
+    _remove(obj)
     return True
 
 
@@ -234,7 +236,7 @@ def request_reconcile(model: type[M], object_ids: Iterable[uuid.UUID | str]) -> 
             obj,
             {"generation": obj.generation + 1, "resource_version": obj.resource_version + 1, "updated_at": utcnow()},
         )
-        rows.append(_enqueue(obj))
+        rows.extend(_enqueued(obj))
     return rows
 
 
@@ -473,10 +475,19 @@ def _unique(model: type[ReconciledModel], name: Optional[str]):
         raise
 
 
-def _enqueue(obj: ReconciledModel) -> Outbox:
+def _remove(obj: ReconciledModel) -> None:
+    for forget in _on_removal:
+        forget(obj.kind, obj.id)
+    obj.delete_instance()
+
+
+def _enqueued(obj: ReconciledModel) -> list[Outbox]:
+    """The outbox row asking for ``obj``'s reconcile, saved; none for a kind nobody reconciles."""
+    if not obj.reconcilable:
+        return []
     row = Outbox.for_object(obj)
     row.save(force_insert=True)
-    return row
+    return [row]
 
 
 def _ago(seconds: float) -> dt.datetime:

@@ -29,6 +29,7 @@ __all__ = ["checked_fields", "checked_status", "filter_value", "filterable", "MA
 _TEXT_PARSERS: tuple[tuple[type[peewee.Field], Any], ...] = (
     (peewee.BooleanField, lambda text: {"true": True, "false": False}[text.lower()]),
     (peewee.IntegerField, int),
+    (peewee.FloatField, float),
     (peewee.ForeignKeyField, uuid.UUID),
     (peewee.UUIDField, uuid.UUID),
     (peewee.TextField, str),
