@@ -36,7 +36,12 @@ Model = AwsEksKubernetesRuntimeInstance
 
 
 def resource_names(obj: AwsEksKubernetesRuntimeInstance) -> dict[str, str]:
-    """The deterministic names of the cluster, its roles and security group: ``threeport-<name>-<short id>…``."""
+    """The deterministic names of the cluster, its roles and security group: ``threeport-<name>-<short id>…``.
+
+    ``external_dns_role`` is the role external-dns assumes on the cluster
+    (made by :mod:`tasks.gateways` while a domain name is served there; the
+    teardown deletes it too, should the cluster go first).
+    """
     slug = re.sub(r"[^A-Za-z0-9-]+", "-", obj.name).strip("-")[:30] or "eks"
     base = f"threeport-{slug}-{obj.id.hex[:8]}"
     return {
@@ -44,6 +49,7 @@ def resource_names(obj: AwsEksKubernetesRuntimeInstance) -> dict[str, str]:
         "cluster_role": f"{base}-cluster",
         "node_role": f"{base}-node",
         "security_group": f"{base}-cluster",
+        "external_dns_role": f"{base}-external-dns",
     }
 
 

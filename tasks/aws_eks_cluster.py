@@ -290,9 +290,9 @@ def delete_cluster(build: Build) -> None:
 
 
 def delete_roles(build: Build) -> None:
-    """Delete both roles, once their policies and instance profiles are off them."""
+    """Delete the cluster's roles, once their policies and instance profiles are off them."""
     iam = build.aws
-    for which in ("node_role", "cluster_role"):
+    for which in ("external_dns_role", "node_role", "cluster_role"):
         name = build.names[which]
         with build.tolerating(f"deleting the IAM role {name}"):
             for policy in iam.pages("iam", "list_attached_role_policies", "AttachedPolicies", RoleName=name):

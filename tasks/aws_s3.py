@@ -18,20 +18,15 @@ role policy and the role, tolerating what is already gone.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Optional
 
 from models import store
-from models.aws import (
-    AwsAccount,
-    AwsEksKubernetesRuntimeInstance,
-    AwsObjectStorageBucketDefinition,
-    AwsObjectStorageBucketInstance,
-)
+from models.aws import AwsAccount, AwsObjectStorageBucketDefinition, AwsObjectStorageBucketInstance
 from models.kubernetes import KubernetesRuntimeInstance
 from models.workloads import WorkloadInstance, WorkloadResourceDefinition
 
+from . import aws_irsa
 from .aws_adapter import Aws, AwsConflict, AwsNotFound, tag_list, tags_for
 from .errors import PermanentError, TemporaryError
 from .reconcilers import Reconciler, register
@@ -98,7 +93,8 @@ def delete_bucket(instance: AwsObjectStorageBucketInstance) -> None:
     target = _target(recorded.get("bucket") or bucket_name(instance), account)
     if _empty_bucket(aws, target):
         _delete_empty_bucket(aws, target)
-    _delete_role(aws, recorded.get("role") or role_name(instance), recorded.get("role_policy") or ROLE_POLICY_NAME)
+    role, policy = recorded.get("role") or role_name(instance), recorded.get("role_policy") or ROLE_POLICY_NAME
+    aws_irsa.delete_role(aws, role, (policy,))
 
 
 # The inventory --------------------------------------------------------------------
@@ -187,29 +183,23 @@ def _trust_policy(
     workload: WorkloadInstance, definition: AwsObjectStorageBucketDefinition, account: AwsAccount, region: str
 ) -> tuple[str, str]:
     """Who may assume the role (a policy document), and that said in words for the status."""
-    partition = _partition(region)
     issuer = _oidc_issuer(workload)
     if issuer is None:
         statement = {
             "Effect": "Allow",
-            "Principal": {"AWS": f"arn:{partition}:iam::{account.account_id}:root"},
+            "Principal": {"AWS": f"arn:{aws_irsa.partition(region)}:iam::{account.account_id}:root"},
             "Action": "sts:AssumeRole",
         }
         how = (
             f"the role trusts the account root ({account.account_id}): the workload's runtime is not an EKS "
             "cluster whose OIDC issuer is known, so its service account cannot assume the role by itself (IRSA)"
         )
-        return _policy(statement), how
+        return aws_irsa.policy_document(statement), how
     provider = issuer.removeprefix("https://").rstrip("/")
     namespace = _service_account_namespace(workload, definition.workload_service_account_name)
-    subject = f"system:serviceaccount:{namespace}:{definition.workload_service_account_name}"
-    statement = {
-        "Effect": "Allow",
-        "Principal": {"Federated": f"arn:{partition}:iam::{account.account_id}:oidc-provider/{provider}"},
-        "Action": "sts:AssumeRoleWithWebIdentity",
-        "Condition": {"StringEquals": {f"{provider}:sub": subject, f"{provider}:aud": "sts.amazonaws.com"}},
-    }
-    return _policy(statement), f"IRSA: the role trusts {subject} through the OIDC provider {provider}"
+    subject = aws_irsa.service_account_subject(namespace, definition.workload_service_account_name)
+    trust = aws_irsa.web_identity_trust(issuer=issuer, subject=subject, account_id=account.account_id, region=region)
+    return trust, f"IRSA: the role trusts {subject} through the OIDC provider {provider}"
 
 
 def _oidc_issuer(workload: WorkloadInstance) -> Optional[str]:
@@ -218,14 +208,8 @@ def _oidc_issuer(workload: WorkloadInstance) -> Optional[str]:
     if runtime_id is None:
         defaults, _ = store.list_objects(KubernetesRuntimeInstance, filters={"default_runtime": True}, limit=1)
         runtime_id = defaults[0].id if defaults else None
-    if runtime_id is None:
-        return None
-    filters = {"kubernetes_runtime_instance_id": runtime_id}
-    clusters, _ = store.list_objects(AwsEksKubernetesRuntimeInstance, filters=filters, limit=1)
-    if not clusters:
-        return None
-    status = clusters[0].status or {}
-    return status.get("oidc_issuer") or (status.get("inventory") or {}).get("oidc_issuer")
+    eks = aws_irsa.eks_cluster_of(runtime_id)
+    return aws_irsa.oidc_issuer(eks) if eks is not None else None
 
 
 def _service_account_namespace(workload: WorkloadInstance, service_account: str) -> str:
@@ -260,45 +244,19 @@ def _ensure_role(aws: Aws, role: str, *, trust: str, tags: dict[str, str]) -> st
         return aws.call("iam", "get_role", RoleName=role)["Role"]["Arn"]
 
 
-def _delete_role(aws: Aws, role: str, policy: str) -> None:
-    try:
-        aws.call("iam", "delete_role_policy", RoleName=role, PolicyName=policy)
-    except AwsNotFound:
-        pass
-    try:
-        aws.call("iam", "delete_role", RoleName=role)
-    except AwsNotFound:
-        pass
-    except AwsConflict as exc:  # something else was attached to it meanwhile
-        raise TemporaryError(f"role {role!r} cannot be deleted yet: {exc.message}", delay=10.0) from exc
-
-
 # Policy documents -----------------------------------------------------------------
 
 
-def _partition(region: str) -> str:
-    """The ARN partition of a region."""
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
-
-
-def _policy(*statements: dict[str, Any]) -> str:
-    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
-
-
 def _public_read_policy(bucket: str, region: str) -> str:
-    arn = f"arn:{_partition(region)}:s3:::{bucket}"
-    return _policy(
+    arn = f"arn:{aws_irsa.partition(region)}:s3:::{bucket}"
+    return aws_irsa.policy_document(
         {"Sid": "PublicRead", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"{arn}/*"}
     )
 
 
 def _access_policy(bucket: str, region: str) -> str:
-    arn = f"arn:{_partition(region)}:s3:::{bucket}"
-    return _policy(
+    arn = f"arn:{aws_irsa.partition(region)}:s3:::{bucket}"
+    return aws_irsa.policy_document(
         {"Sid": "Bucket", "Effect": "Allow", "Action": list(BUCKET_ACTIONS), "Resource": arn},
         {"Sid": "Objects", "Effect": "Allow", "Action": list(OBJECT_ACTIONS), "Resource": f"{arn}/*"},
     )

@@ -19,6 +19,12 @@ with its last user). Reconciling what was applied already writes nothing.
 A DomainNameInstance makes its workload a user of ``external-dns``, whose
 domain filter is every domain in use on the cluster, and records the DNS
 names published for it: the hosts of its workload's gateways under the domain.
+On an EKS cluster the control plane built, external-dns writes Route 53
+records with an IAM role of its own (IRSA, :mod:`tasks.aws_irsa`): the role,
+named after the cluster and tagged with it, is found or made before
+external-dns is applied with its ARN on its ServiceAccount, and deleted once
+no domain name is served on the cluster any more. Elsewhere external-dns
+gets no AWS credentials from the control plane: the operator provides them.
 """
 
 from __future__ import annotations
@@ -32,15 +38,19 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Union
 
 from models import store
+from models.aws import AwsEksKubernetesRuntimeInstance
 from models.gateways import DomainNameDefinition, DomainNameInstance, GatewayDefinition, GatewayInstance
 from models.kubernetes import KubernetesRuntimeInstance
 from models.workloads import WorkloadInstance, WorkloadResourceInstance
 
-from . import support_services
+from . import aws_irsa, support_services
+from .aws_adapter import Aws, tags_for
+from .aws_eks import TAG_PART, resource_names
 from .errors import PermanentError, TemporaryError
 from .kubernetes_adapter import Cluster, KubernetesUnknownKind, identity
 from .kubernetes_runtimes import connect
 from .reconcilers import Reconciler, register
+from .support_components import EXTERNAL_DNS_NAMESPACE, EXTERNAL_DNS_SERVICE_ACCOUNT
 from .support_services import (
     COMPONENT_LABEL,
     INGRESS_CLASS,
@@ -60,6 +70,7 @@ __all__ = [
     "serving_runtime",
     "GATEWAY_LABEL",
     "ACME_ENVIRONMENT",
+    "DNS_ROLE_POLICY",
 ]
 
 #: The label tying an object to its GatewayInstance (the value is the gateway's id).
@@ -69,6 +80,11 @@ _ANNOTATION_NAME = "threeport.io/gateway-instance-name"
 ACME_ENVIRONMENT = "production"
 #: What the status says of a TCP port.
 _TCP_EXPOSED = f"exposed through the ingress controller's TCP services ConfigMap {INGRESS_NAMESPACE}/{TCP_SERVICES}"
+#: The inline policy of external-dns's IAM role on EKS.
+DNS_ROLE_POLICY = "threeport-external-dns"
+#: What external-dns may do in Route 53 with its role: change records in hosted zones, and read zones and records.
+_DNS_CHANGE_ACTIONS = ("route53:ChangeResourceRecordSets",)
+_DNS_READ_ACTIONS = ("route53:ListHostedZones", "route53:ListResourceRecordSets", "route53:ListTagsForResource")
 #: The kinds a gateway makes (what its label is looked for on).
 _GATEWAY_KINDS = [("networking.k8s.io/v1", "Ingress"), ("cert-manager.io/v1", "Certificate"), ("v1", "Service")]
 
@@ -472,6 +488,7 @@ def reconcile_domain_name(instance: DomainNameInstance) -> None:
         _leave_dns(instance, status)
     store.merge_status(DomainNameInstance, instance.id, {"runtime_id": str(runtime.id)})
     cluster = connect(runtime)
+    role_arn = _ensure_dns_role(runtime.id)
     settings = functools.partial(_dns_settings, runtime.id)
     support_services.need(cluster, "external-dns", str(instance.workload_instance_id), settings=settings)
     report = {
@@ -480,6 +497,7 @@ def reconcile_domain_name(instance: DomainNameInstance) -> None:
         "dns_names": _dns_names(instance, definition),
         "domain_filter": [domain.name for domain in settings().domains],
         "provider": "aws",
+        "aws_role_arn": role_arn,
     }
     store.merge_status(DomainNameInstance, instance.id, report)
 
@@ -503,19 +521,100 @@ def _leave_dns(instance: DomainNameInstance, status: dict[str, Any]) -> None:
         support_services.release(
             connect(runtime), "external-dns", str(instance.workload_instance_id), settings=settings
         )
+        _drop_dns_role(runtime.id)
     store.merge_status(DomainNameInstance, instance.id, {"runtime_id": None})
 
 
+def _served_domain_names(runtime_id: uuid.UUID) -> list[DomainNameInstance]:
+    """The domain names served on the runtime, but those being deleted."""
+    return [instance for instance in _live(DomainNameInstance) if _serving_runtime_id(instance) == runtime_id]
+
+
 def _dns_settings(runtime_id: uuid.UUID) -> Settings:
-    """external-dns's settings on the runtime's cluster: every domain in use there, and the cluster as owner."""
+    """external-dns's settings on the runtime's cluster: the domains in use there, its owner id, its role on EKS."""
     domains = {}
-    for instance in _live(DomainNameInstance):
-        if _serving_runtime_id(instance) != runtime_id:
-            continue
+    for instance in _served_domain_names(runtime_id):
         definition = DomainNameDefinition.get_or_none(DomainNameDefinition.id == instance.domain_name_definition_id)
         if definition is not None:
             domains[definition.domain] = Domain(definition.domain, definition.zone, definition.admin_email)
-    return Settings(domains=tuple(domains[name] for name in sorted(domains)), owner=f"threeport-{runtime_id.hex[:8]}")
+    role = _dns_role(runtime_id)
+    return Settings(
+        domains=tuple(domains[name] for name in sorted(domains)),
+        owner=f"threeport-{runtime_id.hex[:8]}",
+        aws_role_arn=role.arn if role is not None else None,
+    )
+
+
+# external-dns's IAM role on EKS ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DnsRole:
+    """external-dns's IAM role on an EKS cluster the control plane built: its name and ARN, known before it is made."""
+
+    eks: AwsEksKubernetesRuntimeInstance
+    aws: Aws
+    account_id: str
+    name: str
+
+    @property
+    def arn(self) -> str:
+        return aws_irsa.role_arn(self.name, account_id=self.account_id, region=self.aws.region)
+
+
+def _dns_role(runtime_id: uuid.UUID) -> Optional[_DnsRole]:
+    """external-dns's role on the runtime's cluster when that is an EKS cluster the control plane built."""
+    eks = aws_irsa.eks_cluster_of(runtime_id)
+    if eks is None:
+        return None
+    aws, account = aws_irsa.aws_of(eks)
+    return _DnsRole(eks, aws, account.account_id, resource_names(eks)["external_dns_role"])
+
+
+def _ensure_dns_role(runtime_id: uuid.UUID) -> Optional[str]:
+    """Find or make external-dns's role, trusted by its ServiceAccount, with its Route 53 policy: its ARN.
+
+    None when the runtime is not an EKS cluster the control plane built;
+    TemporaryError while the cluster has not recorded its OIDC issuer yet.
+    """
+    role = _dns_role(runtime_id)
+    if role is None:
+        return None
+    issuer = aws_irsa.oidc_issuer(role.eks)
+    if issuer is None:
+        raise TemporaryError(f"waiting for EKS cluster {role.eks.name!r} to record its OIDC issuer", delay=None)
+    subject = aws_irsa.service_account_subject(EXTERNAL_DNS_NAMESPACE, EXTERNAL_DNS_SERVICE_ACCOUNT)
+    trust = aws_irsa.web_identity_trust(
+        issuer=issuer, subject=subject, account_id=role.account_id, region=role.aws.region
+    )
+    tags = tags_for(role.eks, Name=role.name, **{TAG_PART: "external-dns-role"})
+    description = f"external-dns on the threeport EKS cluster {resource_names(role.eks)['cluster']}"
+    arn = aws_irsa.ensure_role(role.aws, role.name, trust=trust, tags=tags, description=description)
+    if arn != role.arn:
+        raise PermanentError(f"IAM role {role.name} is {arn}, not {role.arn}: is the AwsAccount's account_id right?")
+    aws_irsa.ensure_inline_policy(role.aws, role.name, DNS_ROLE_POLICY, _route53_policy(role.aws.region))
+    return arn
+
+
+def _drop_dns_role(runtime_id: uuid.UUID) -> None:
+    """Delete external-dns's role on the runtime's EKS cluster once no domain name is served there."""
+    if _served_domain_names(runtime_id):
+        return
+    role = _dns_role(runtime_id)
+    if role is None:
+        return
+    aws_irsa.delete_role(role.aws, role.name, (DNS_ROLE_POLICY,))
+    if _served_domain_names(runtime_id):  # one came meanwhile, and may have found the role before it went
+        _ensure_dns_role(runtime_id)
+
+
+def _route53_policy(region: str) -> str:
+    """Change records in any hosted zone (a domain name names no zone id), read zones, records and their tags."""
+    zones = f"arn:{aws_irsa.partition(region)}:route53:::hostedzone/*"
+    return aws_irsa.policy_document(
+        {"Sid": "ChangeRecords", "Effect": "Allow", "Action": list(_DNS_CHANGE_ACTIONS), "Resource": [zones]},
+        {"Sid": "ReadZones", "Effect": "Allow", "Action": list(_DNS_READ_ACTIONS), "Resource": ["*"]},
+    )
 
 
 def _dns_names(instance: DomainNameInstance, definition: DomainNameDefinition) -> list[str]:

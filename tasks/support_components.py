@@ -26,6 +26,9 @@ __all__ = [
     "INGRESS_CONTROLLER_LABELS",
     "TCP_SERVICES",
     "ACME_SERVERS",
+    "EKS_ROLE_ANNOTATION",
+    "EXTERNAL_DNS_NAMESPACE",
+    "EXTERNAL_DNS_SERVICE_ACCOUNT",
     "issuer_name",
 ]
 
@@ -40,6 +43,11 @@ INGRESS_NAMESPACE = "ingress-nginx"
 INGRESS_CONTROLLER_LABELS = {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"}
 #: ingress-nginx's ConfigMap of TCP ports to expose (``"<port>": "<namespace>/<service>:<port>"``).
 TCP_SERVICES = "tcp-services"
+#: The ServiceAccount annotation naming the IAM role its pods assume on EKS (IRSA).
+EKS_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+#: Where external-dns runs, and its ServiceAccount (the subject its IAM role trusts on EKS).
+EXTERNAL_DNS_NAMESPACE = "external-dns"
+EXTERNAL_DNS_SERVICE_ACCOUNT = "external-dns"
 #: Let's Encrypt's ACME directories, by environment.
 ACME_SERVERS = {
     "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
@@ -67,6 +75,8 @@ class Settings:
     domains: tuple[Domain, ...] = ()
     #: Who owns the DNS records external-dns writes (its TXT owner id), one per cluster.
     owner: str = "threeport"
+    #: The IAM role external-dns's service account assumes on EKS (IRSA); None elsewhere.
+    aws_role_arn: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,9 @@ def _namespace(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
 
 
-def _service_account(name: str, namespace: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}}
+def _service_account(name: str, namespace: str, annotations: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    metadata = {"name": name, "namespace": namespace} | ({"annotations": annotations} if annotations else {})
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}
 
 
 def _cluster_role(name: str, rules: list[tuple[str, str, str]]) -> dict[str, Any]:
@@ -361,8 +372,12 @@ def _cert_manager_manifests(version: str, settings: Settings) -> list[dict[str, 
 
 
 def _external_dns_manifests(version: str, settings: Settings) -> list[dict[str, Any]]:
-    """external-dns publishing Services' and Ingresses' hosts under the domains in use, in AWS Route 53."""
-    ns = "external-dns"
+    """external-dns publishing Services' and Ingresses' hosts under the domains in use, in AWS Route 53.
+
+    With ``settings.aws_role_arn`` (on EKS) its ServiceAccount names the IAM
+    role its pods get credentials of; elsewhere the operator provides them.
+    """
+    ns, account = EXTERNAL_DNS_NAMESPACE, EXTERNAL_DNS_SERVICE_ACCOUNT
     zones = {domain.zone for domain in settings.domains}
     args = ["--source=service", "--source=ingress"]
     args += [f"--domain-filter={domain.name}" for domain in settings.domains]
@@ -379,13 +394,16 @@ def _external_dns_manifests(version: str, settings: Settings) -> list[dict[str, 
         "external-dns",
         ns,
         labels={"app.kubernetes.io/name": "external-dns"},
-        account="external-dns",
+        account=account,
         container=container,
     )
     deployment["spec"]["strategy"] = {"type": "Recreate"}  # never two writers of the same records
+    annotations = {EKS_ROLE_ANNOTATION: settings.aws_role_arn} if settings.aws_role_arn else None
+    if annotations:  # so that its non-root process can read the web identity token EKS mounts
+        deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"] = 65534
     return [
         _namespace(ns),
-        _service_account("external-dns", ns),
+        _service_account(account, ns, annotations),
         _cluster_role(
             "external-dns",
             [
@@ -394,7 +412,7 @@ def _external_dns_manifests(version: str, settings: Settings) -> list[dict[str, 
                 ("discovery.k8s.io", "endpointslices", "get,list,watch"),
             ],
         ),
-        _cluster_role_binding("external-dns-viewer", "external-dns", [("external-dns", ns)]),
+        _cluster_role_binding("external-dns-viewer", "external-dns", [(account, ns)]),
         deployment,
     ]
 
