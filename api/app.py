@@ -16,6 +16,7 @@ from models import StoreError, bind, database_from_url, registry, secrets
 from models.base import ReconciledModel, RecordModel
 from models.extension_kinds import Extension, ExtensionCatalog
 from workers.broker import JetStreamBroker
+from workers.logs import configure_from_env as configure_logging
 from workers.outbox_relay import publish_rows
 
 from .checks import database_check, nats_check
@@ -107,6 +108,7 @@ def _no_publish(rows) -> None:
 
 def get_app() -> falcon.App:
     """The app gunicorn serves, configured from the environment."""
+    configure_logging()
     settings = Settings.from_env()
     bind(database_from_url(settings.database_url))
     secrets.configure(settings.encryption_keys)

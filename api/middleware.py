@@ -3,7 +3,8 @@
 Each is a small class with Falcon's ``process_request`` hook, applied in the
 order request id → auth → body limit → content type, so every rejection
 already carries a request id and unauthenticated clients learn nothing about
-what the body would have done.
+what the body would have done. The request id is also bound into the log
+context for the request's duration, so every line logged meanwhile carries it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import uuid
 
 import falcon
+import structlog
 
 from .settings import hash_token
 
@@ -30,6 +32,12 @@ class RequestId:
         given = req.get_header("X-Request-Id")
         req.context.request_id = given if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         resp.set_header("X-Request-Id", req.context.request_id)
+        req.context.log_context = structlog.contextvars.bind_contextvars(request_id=req.context.request_id)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        tokens = req.context.get("log_context")
+        if tokens:  # the thread serves other requests next: leave its log context as it was
+            structlog.contextvars.reset_contextvars(**tokens)
 
 
 class BearerAuth:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from . import api, config, migrate, objects, queues, up, worker
+from . import api, config, migrate, objects, queues, up, worker, workers
 
 app = typer.Typer(
     name="threeport",
@@ -44,6 +44,7 @@ app.command("up")(up.up)
 app.command("api")(api.serve)
 app.command("migrate")(migrate.run)
 app.command("worker")(worker.run)
+app.command("workers")(workers.list_workers)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from rich.console import Console
 from models import StoreError, database_from_url, migrate
 from models.secrets import ENV_VAR as ENCRYPTION_KEY_VAR
 from models.secrets import generate_key
+from workers.logs import configure_from_env as configure_logging
 
 from . import config as client_config
 from .local_servers import NatsServer, PostgresServer, ServerError
@@ -60,6 +61,7 @@ def up(
     worker_threads: int = typer.Option(8, envvar="THREEPORT_WORKER_THREADS", help="Threads per worker process."),
 ) -> None:
     """Start the control plane locally and run until Ctrl-C."""
+    configure_logging()  # the API and worker processes it starts set up their own
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     # A signal handler only appends to a list: taking a lock there (Event.set)

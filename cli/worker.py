@@ -7,7 +7,10 @@ replicas scale apart) and runs a Dramatiq ``Worker`` with ``--threads``
 threads. Every process also runs the relay; a leader lock keeps one active
 in the whole deployment. SIGTERM or SIGINT stops them gracefully: running
 actors finish, prefetched messages are handed back at once. Secret fields
-are read with the keys in ``THREEPORT_ENCRYPTION_KEY``.
+are read with the keys in ``THREEPORT_ENCRYPTION_KEY``. Each process writes
+a heartbeat to NATS (``threeport workers``) and logs through
+:mod:`workers.logs`; ``--metrics-port`` serves ``/metrics``, ``/healthz``
+and ``/readyz`` (with several processes, from the parent).
 """
 
 from __future__ import annotations
@@ -35,16 +38,23 @@ def run(
     prefix: str = typer.Option("threeport", envvar="THREEPORT_PREFIX", help="Namespace of streams."),
     shutdown_timeout: float = typer.Option(25.0, help="Seconds running actors get to finish on SIGTERM."),
     metrics_port: Optional[int] = typer.Option(
-        None, "--metrics-port", envvar="THREEPORT_METRICS_PORT", help="Serve Prometheus /metrics on this port."
+        None,
+        "--metrics-port",
+        envvar="THREEPORT_METRICS_PORT",
+        help="Serve Prometheus /metrics and the /healthz and /readyz probes on this port.",
+    ),
+    heartbeat_interval: float = typer.Option(
+        5.0,
+        envvar="THREEPORT_HEARTBEAT_INTERVAL",
+        help="Seconds between heartbeats; a killed worker's entry expires after three.",
     ),
 ) -> None:
     """Run worker processes until SIGTERM or Ctrl-C."""
-    if metrics_port is not None:
-        if processes > 1:  # the processes' metrics meet in files (inherited by the spawned children)
-            os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="threeport-metrics-"))
-        from workers.metrics import start_metrics_server
+    from workers.logs import configure_from_env
 
-        start_metrics_server(metrics_port)
+    configure_from_env()
+    if metrics_port is not None and processes > 1:  # the processes' metrics meet in files (inherited by the children)
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="threeport-metrics-"))
     options = dict(
         threads=threads,
         queues=queues or None,
@@ -52,9 +62,10 @@ def run(
         nats_url=nats_url,
         prefix=prefix,
         shutdown_timeout=shutdown_timeout,
+        heartbeat_interval=heartbeat_interval,
     )
     if processes == 1:
-        _serve(**options)
+        _serve(**options, metrics_port=metrics_port)
         return
     context = multiprocessing.get_context("spawn")
     children = [context.Process(target=_serve, kwargs=options, name=f"worker-{n}") for n in range(processes)]
@@ -63,6 +74,8 @@ def run(
         signal.signal(sig, lambda signum, _: signals.append(signum))
     for child in children:
         child.start()
+    if metrics_port is not None:
+        _serve_group_metrics(metrics_port, children, database_url=database_url, nats_url=nats_url, prefix=prefix)
     while not signals and all(child.is_alive() for child in children):
         time.sleep(0.2)
     for child in children:
@@ -70,29 +83,44 @@ def run(
             child.terminate()  # SIGTERM: a graceful stop
     for child in children:
         child.join(shutdown_timeout + 10)
+        _forget_process(child.pid)
     failed = [c for c in children if c.exitcode not in (0, -signal.SIGTERM)]
     if failed and not signals:
         raise typer.Exit(1)
 
 
 def _serve(
-    *, threads: int, queues: Optional[list[str]], database_url: str, nats_url: str, prefix: str, shutdown_timeout: float
+    *,
+    threads: int,
+    queues: Optional[list[str]],
+    database_url: str,
+    nats_url: str,
+    prefix: str,
+    shutdown_timeout: float,
+    heartbeat_interval: float,
+    metrics_port: Optional[int] = None,
 ) -> None:
     """One worker process: reconcile until SIGTERM/SIGINT."""
     import dramatiq
 
     from tasks.actor import declare_actors
     from workers.broker import JetStreamBroker
-    from workers.metrics import MessageMetrics
+    from workers.heartbeats import Heartbeats
+    from workers.logs import add_message_context, configure_from_env
+    from workers.metrics import MessageMetrics, OutboxCollector, QueueCollector, start_metrics_server
     from workers.relay import Relay
 
+    configure_from_env()  # a spawned process starts with no logging set up
     signals: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: signals.append(signum))
     bind(database_from_url(database_url))
     secrets.configure(os.environ.get(secrets.ENV_VAR))
     broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-worker")
+    add_message_context(broker)
     broker.add_middleware(MessageMetrics())
+    heartbeats = Heartbeats(interval=heartbeat_interval)
+    broker.add_middleware(heartbeats)
     dramatiq.set_broker(broker)
     declare_actors(broker, queues)
     broker.emit_after("process_boot")
@@ -100,6 +128,9 @@ def _serve(
     relay = Relay(broker)
     worker.start()
     relay.start()
+    if metrics_port is not None:
+        probes = {"/healthz": heartbeats.liveness, "/readyz": heartbeats.readiness}
+        start_metrics_server(metrics_port, collectors=[QueueCollector(broker), OutboxCollector()], probes=probes)
     print(f"worker ready: queues {sorted(worker.consumers) or sorted(broker.get_declared_queues())}", flush=True)
     try:
         while not signals:
@@ -108,3 +139,24 @@ def _serve(
         relay.stop()
         worker.stop(timeout=int(shutdown_timeout * 1000))
         broker.close()
+        _forget_process(os.getpid())
+
+
+def _serve_group_metrics(port: int, children: list, *, database_url: str, nats_url: str, prefix: str) -> None:
+    """The parent's exporter: every process's metrics, the queues and outbox, probes from the children's heartbeats."""
+    from workers.broker import JetStreamBroker
+    from workers.heartbeats import ProcessGroupProbes
+    from workers.metrics import OutboxCollector, QueueCollector, start_metrics_server
+
+    bind(database_from_url(database_url))
+    broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-worker-metrics")
+    group = ProcessGroupProbes(children, connection=broker.connection, prefix=prefix)
+    probes = {"/healthz": group.liveness, "/readyz": group.readiness}
+    start_metrics_server(port, collectors=[QueueCollector(broker), OutboxCollector()], probes=probes)
+
+
+def _forget_process(pid: Optional[int]) -> None:
+    from workers.metrics import forget_process
+
+    if pid is not None:
+        forget_process(pid)

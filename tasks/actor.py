@@ -35,7 +35,7 @@ from models.transactions import run_in_transaction
 from workers.broker import JetStreamBroker
 from workers.errors import LockError, LockLost
 from workers.locks import Lease, LockManager
-from workers.metrics import reconcile_timer
+from workers.metrics import LOCK_CONTENTION, reconcile_timer
 
 from .errors import DependencyNotReady, PermanentError, TemporaryError
 from .reconcilers import reconciler_for
@@ -70,6 +70,7 @@ class ReconcileActor:
             return
         lease = self.locks.acquire(f"{kind}.{object_uuid}", self.lock_ttl)
         if lease is None:  # someone is reconciling it: come back shortly
+            LOCK_CONTENTION.labels(model.kind).inc()
             self.requeue(model, object_id, generation, requeues=requeues, delay=_locked_backoff(requeues))
             return
         renewer = _Renewer(lease)

@@ -1,17 +1,22 @@
-"""Prometheus metrics after real traffic: the API's /metrics, a reconcile in-process, a worker process's exporter."""
+"""Prometheus metrics after real traffic: the API's /metrics, reconciles, queues, lock contention, the outbox,
+and a worker process's exporter with its probes."""
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import dramatiq
 import pytest
 from dramatiq import Worker
 from falcon import testing
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
@@ -19,9 +24,11 @@ from api.settings import Settings, hash_token
 from cli.local_servers import free_port
 from models import WorkloadDefinition, store
 from tasks.actor import declare_actors
-from workers.metrics import MessageMetrics, metrics_registry
+from workers.heartbeats import bucket_name
+from workers.metrics import MessageMetrics, OutboxCollector, QueueCollector, metrics_registry
 from workers.outbox_relay import publish_rows
 
+from .conftest import nats_call
 from .reconciling import reconciled, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,11 +50,18 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, frozenset(labels.items())), 0.0)
 
 
-def local_metrics() -> str:
-    """This process's metrics, as a worker's exporter serves them."""
-    from prometheus_client import generate_latest
+def local_metrics(*collectors) -> str:
+    """This process's metrics, as a worker's exporter serves them (with the collectors it reads when scraped)."""
+    return generate_latest(metrics_registry(*collectors)).decode()
 
-    return generate_latest(metrics_registry()).decode()
+
+def get(url: str) -> tuple[int, str]:
+    """Status and body of a GET, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 @pytest.fixture
@@ -139,7 +153,76 @@ def test_a_reconcile_moves_the_reconcile_and_message_counters(broker, reconcilin
     assert value(local_metrics(), "dramatiq_messages_inprogress", **labels) == 0
 
 
-def test_a_worker_process_serves_metrics_over_http(database, empty_database_url, nats_server, broker, prefix):
+def test_queue_gauges_show_a_ready_message_then_a_dead_letter(broker):
+    # Given an actor that always fails, with no retries, and no worker yet
+    @dramatiq.actor(queue_name="gauged", max_retries=0)
+    def always_fails():
+        raise ValueError("boom")
+
+    queue = QueueCollector(broker)
+
+    def gauge(state: str) -> float:
+        return value(local_metrics(queue), "threeport_queue_messages", queue="gauged", state=state)
+
+    # When a message is sent
+    always_fails.send()
+
+    # Then the queue's gauges, read from NATS when scraped, show it ready and nothing dead
+    assert gauge("ready") == 1 and gauge("dead") == 0
+    assert gauge("delayed") == 0 and gauge("in_flight") == 0
+
+    # When a worker runs it and it fails for good
+    worker = Worker(broker, worker_timeout=100, worker_threads=1)
+    worker.start()
+    try:
+        # Then it is a dead letter and no longer ready
+        assert wait_for(lambda: gauge("dead") == 1)
+        assert gauge("ready") == 0 and gauge("in_flight") == 0
+        assert value(local_metrics(queue), "threeport_queue_consumers", queue="gauged") == 1
+    finally:
+        worker.stop()
+
+
+def test_lock_contention_is_counted_while_another_holds_the_objects_lock(broker, locks, reconciling_with_metrics):
+    # Given a WorkloadDefinition whose lock someone else holds
+    written = store.create(WorkloadDefinition, {"name": "web", "yaml_document": YAML})
+    lease = locks.acquire(f"WorkloadDefinition.{written.obj.id}", ttl=30)
+    before = value(local_metrics(), "threeport_lock_contention_total", kind="WorkloadDefinition")
+
+    # When it is published for reconciling
+    publish_rows(broker, written.outbox)
+
+    # Then the reconcile finds the lock held and counts it, by kind (and comes back later)
+    def contended() -> float:
+        return value(local_metrics(), "threeport_lock_contention_total", kind="WorkloadDefinition") - before
+
+    assert wait_for(contended) >= 1
+
+    # And once the lock is released it reconciles
+    lease.release()
+    wait_for(lambda: reconciled(WorkloadDefinition, written.obj.id))
+
+
+def test_an_unpublished_outbox_row_shows_in_the_backlog_and_its_age(database, broker):
+    # Given an object whose outbox row nobody published
+    written = store.create(WorkloadDefinition, {"name": "web", "yaml_document": YAML})
+    outbox = OutboxCollector()
+
+    # Then the outbox gauges count that row, and its age grows
+    first = local_metrics(outbox)
+    assert value(first, "threeport_outbox_rows") == 1
+    wait_for(lambda: value(local_metrics(outbox), "threeport_outbox_oldest_age_seconds") >= 0.2)
+
+    # When it is published
+    publish_rows(broker, written.outbox)
+
+    # Then the backlog is empty and its age 0
+    after = local_metrics(outbox)
+    assert value(after, "threeport_outbox_rows") == 0
+    assert value(after, "threeport_outbox_oldest_age_seconds") == 0
+
+
+def test_a_worker_process_serves_metrics_and_probes(database, empty_database_url, nats_server, broker, prefix):
     # Given `threeport worker --metrics-port` on the test's database and NATS prefix
     port = free_port()
     proc = subprocess.Popen(
@@ -167,7 +250,21 @@ def test_a_worker_process_serves_metrics_over_http(database, empty_database_url,
 
         text = wait_for(scrape_once_handled)
         assert value(text, "threeport_reconcile_total", kind="WorkloadDefinition", result="reconciled") == 1
+        # And the queues' gauges and the outbox's, read when scraped
+        gauges = samples(text)
+        for state in ("ready", "delayed", "in_flight", "dead"):
+            assert ("threeport_queue_messages", frozenset({"queue": "workloads", "state": state}.items())) in gauges
+        assert value(text, "threeport_queue_consumers", queue="workloads") >= 1
+        assert ("threeport_outbox_rows", frozenset()) in gauges
+
+        # And its probes answer: alive, and ready while its consumers pull
+        status, body = get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        status, body = get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200, body
+        assert "workloads" in json.loads(body)["queues"]
     finally:
         # And it still stops cleanly on SIGTERM
         proc.terminate()
         assert proc.wait(30) == 0
+        nats_call(broker, lambda js: js.delete_key_value(bucket_name(prefix)))

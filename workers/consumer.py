@@ -81,6 +81,9 @@ class JetStreamConsumer(Consumer):
         self._error: Optional[str] = None
         self._closed = False
         self._stopping = False
+        # When the pull loop last came round, and whether it waits for room (busy, not stuck).
+        self._pulled_at = time.monotonic()
+        self._full = False
         # Acks queued by worker threads, sent by the loop thread in batches.
         self._settling: collections.deque[JetStreamMessage] = collections.deque()
         self._settling_lock = threading.Lock()
@@ -143,6 +146,17 @@ class JetStreamConsumer(Consumer):
     def stop_pulling(self) -> None:
         """Pull no more (the pull in progress ends by itself); what is held stays held until ack or close."""
         bridge.get_loop().loop.call_soon_threadsafe(self._end_pulls)
+
+    def stalled_for(self) -> float:
+        """Seconds the pull loop has not come round while it had room to pull (0 while it waits for room).
+
+        A fetch ends at least every ``PULL_WAIT`` seconds, messages or not; a
+        loop that ended (an error, a stop) has stalled for ever.
+        """
+        pull = self._tasks[0] if self._tasks else None
+        if pull is not None and pull.done():
+            return float("inf")
+        return 0.0 if self._full else time.monotonic() - self._pulled_at
 
     def _end_pulls(self) -> None:
         self._stopping = True
@@ -210,10 +224,13 @@ class JetStreamConsumer(Consumer):
         # Pull again only once a quarter of the prefetch is free: fewer, larger pulls.
         low_water = max(1, self.prefetch // 4)
         while not self._stopping:
+            self._pulled_at = time.monotonic()
             room = self.prefetch - len(self._held)
             if room < low_water:
                 self._room.clear()
+                self._full = True
                 await self._room.wait()
+                self._full = False
                 continue
             try:
                 deliveries = await self._sub.fetch(room, timeout=PULL_WAIT)
