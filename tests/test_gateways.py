@@ -1,11 +1,14 @@
 """Gateways, domain names and the supporting services they install, end to end: real PostgreSQL, real NATS, a
 real Dramatiq worker running the reconcile actor, and the real ``kubernetes`` client over HTTP to the API
 server stand-in (tests/kube.py, which runs no controllers: nothing here gets a certificate or a DNS record).
+
+Two workloads sharing the supporting services is a scenario of
+tests/kube_scenarios.py, which tests/test_kubernetes_real.py runs on a real
+cluster too; its test here adds what only the stand-in can tell.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any, Optional
 
@@ -13,9 +16,7 @@ import pytest
 from dramatiq import Worker
 
 from models import (
-    DomainNameDefinition,
     DomainNameInstance,
-    GatewayDefinition,
     GatewayInstance,
     WorkloadInstance,
     store,
@@ -25,13 +26,25 @@ from tasks.actor import declare_actors
 from tasks.errors import TemporaryError
 from tasks.gateways import GATEWAY_LABEL
 from tasks.kubernetes_adapter import Cluster, Credentials, RetryPolicy
-from tasks.support_services import COMPONENT_LABEL, COMPONENTS, RECORD_NAME, RECORD_NAMESPACE
+from tasks.support_services import COMPONENT_LABEL, COMPONENTS
 from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
+from . import kube_scenarios as scenarios
 from .kube import RESOURCES, runtime_for
+from .kube_scenarios import (
+    WEB,
+    StandIn,
+    create,
+    delete,
+    deploy,
+    domain,
+    gateway,
+    gateway_definition,
+    reconciled,
+    record,
+)
 from .reconciling import observed, wait_for
-from .test_workload_instances import WEB, definition, healthy, instance, namespace_of, ready
 
 DATABASE = """\
 apiVersion: v1
@@ -83,57 +96,9 @@ def reconciling(database, broker, prefix, monkeypatch):
     kubernetes_runtimes.forget_clusters()
 
 
-def create(broker, model, fields: dict[str, Any]):
-    """An object, published to its reconciler."""
-    written = store.create(model, fields)
-    publish_rows(broker, written.outbox)
-    return written.obj
-
-
-def reconciled(broker, model, fields: dict[str, Any]):
-    """An object, once its reconciler has observed it."""
-    obj = create(broker, model, fields)
-    return wait_for(lambda: observed(model, obj.id))
-
-
-def delete(broker, model, obj_id) -> None:
-    """Schedule the object's deletion and wait until its reconciler has confirmed it."""
-    publish_rows(broker, store.schedule_deletion(model, obj_id).outbox)
-    wait_for(lambda: model.get_or_none(model.id == obj_id) is None)
-
-
 def deployed(kube, broker, runtime, name: str = "web", yaml: str = WEB) -> WorkloadInstance:
     """A healthy instance of ``yaml`` on ``runtime``."""
-    obj = instance(broker, definition(broker, yaml, name=name), runtime, name=name)
-    namespace = namespace_of(obj.id)
-    wait_for(lambda: kube.live("apps/v1", "Deployment", namespace, "web"))
-    ready(kube, namespace)
-    return wait_for(lambda: healthy(obj.id))
-
-
-def domain(broker, name: str = "example", domain_name: str = "example.com", zone: str = "Public"):
-    fields = {"name": name, "domain": domain_name, "zone": zone, "admin_email": f"admin@{domain_name}"}
-    return reconciled(broker, DomainNameDefinition, fields)
-
-
-def gateway_definition(broker, name: str = "web", **fields: Any) -> GatewayDefinition:
-    fields.setdefault("http_ports", [{"port": 80, "path": "/"}])
-    return reconciled(broker, GatewayDefinition, {"name": name, **fields})
-
-
-def gateway(broker, definition: GatewayDefinition, workload: WorkloadInstance, name: str = "web") -> GatewayInstance:
-    """A GatewayInstance, once reconciled."""
-    fields = {"name": name, "gateway_definition_id": definition.id, "workload_instance_id": workload.id}
-    obj = create(broker, GatewayInstance, fields)
-    done = wait_for(lambda: observed(GatewayInstance, obj.id))
-    assert done.status["phase"] == "Reconciled", done.status
-    return done
-
-
-def record(kube) -> dict[str, list[str]]:
-    """The cluster's record of which workload instances need which supporting service."""
-    live = kube.live("v1", "ConfigMap", RECORD_NAMESPACE, RECORD_NAME) or {}
-    return {component: json.loads(ids) for component, ids in (live.get("data") or {}).items()}
+    return deploy(StandIn(kube), broker, runtime, name=name, yaml=yaml)
 
 
 def labelled(kube, component: str) -> list[str]:
@@ -244,38 +209,22 @@ def test_reconciling_a_gateway_again_writes_nothing(kube, broker, reconciling):
 
 
 def test_two_workloads_share_the_supporting_services_until_the_last_gateway_goes(kube, broker, reconciling):
-    # Given two workloads on one cluster, and a TLS gateway definition under a domain
-    runtime = runtime_for(kube.url)
-    shop, blog = deployed(kube, broker, runtime, "shop"), deployed(kube, broker, runtime, "blog")
-    example = domain(broker)
-    ports = [{"port": 443, "tls_enabled": True}]
-    definition = gateway_definition(broker, http_ports=ports, sub_domain="www", domain_name_definition_id=example.id)
+    # Given two workloads on one cluster, each with a TLS gateway under a domain (the scenario's first act)
+    shared = scenarios.two_gateways_share_the_supporting_services(StandIn(kube), broker)
 
-    # When each gets a gateway
-    first = gateway(broker, definition, shop, "shop")
-    second = gateway(broker, definition, blog, "blog")
-
-    # Then the ingress controller and cert-manager were applied once, and both workloads are recorded as users
+    # Then the ingress controller and cert-manager were applied once
     assert patches(kube, CONTROLLER) == 1 and patches(kube, CERT_MANAGER) == 1
     assert kube.versions("apps/v1", "Deployment", "ingress-nginx", "ingress-nginx-controller") == 1
-    users = sorted([str(shop.id), str(blog.id)])
-    assert record(kube) == {"ingress": users, "cert-manager": users}
     assert len(kube.names("networking.k8s.io/v1", "Ingress")) == 2
 
-    # When the first gateway is deleted, then its Ingress goes and the supporting services stay
-    delete(broker, GatewayInstance, first.id)
-    assert kube.names("networking.k8s.io/v1", "Ingress") == [f"{blog.status['namespace']}/blog-{second.id.hex[:8]}"]
-    assert record(kube) == {"ingress": [str(blog.id)], "cert-manager": [str(blog.id)]}
-    assert kube.live("apps/v1", "Deployment", "ingress-nginx", "ingress-nginx-controller") is not None
-    assert kube.live("cert-manager.io/v1", "ClusterIssuer", None, "letsencrypt-production-example.com") is not None
-
-    # When the last one is deleted, then everything labelled with the supporting services goes, in reverse order
+    # When the gateways are deleted, the last one taking the supporting services along (the second act)
     mark = len(kube.requests())
-    delete(broker, GatewayInstance, second.id)
-    assert kube.names("networking.k8s.io/v1", "Ingress") == [] and record(kube) == {}
+    scenarios.the_supporting_services_go_with_the_last_gateway(StandIn(kube), broker, shared)
+
+    # Then the workloads' namespaces and the record's stay, and the ingress controller went in reverse order
     assert labelled(kube, "ingress") == [] and labelled(kube, "cert-manager") == []
     assert kube.names("v1", "Namespace") == sorted(
-        ["default", "kube-system", "threeport-system", shop.status["namespace"], blog.status["namespace"]]
+        ["default", "kube-system", "threeport-system", shared.shop.status["namespace"], shared.blog.status["namespace"]]
     )
     expected = [path_of(*obj) for obj in reversed(INGRESS_OBJECTS)]
     deletes = [path for method, path in kube.requests()[mark:] if method == "DELETE" and path in expected]

@@ -2,15 +2,15 @@
 the reconcile actor, and the real ``kubernetes`` client over HTTP to the API server stand-in (tests/kube.py).
 
 The stand-in runs no controllers: a Deployment is ready when a test says so
-(``kube.set_status``), pods and events are what a test puts there. The last
-test runs the same story against a real cluster when one is given
-(``--kubeconfig PATH`` or ``KUBECONFIG``) and is skipped otherwise.
+(``kube.set_status``), pods and events are what a test puts there. The
+apply, re-apply, prune and delete stories are scenarios of
+tests/kube_scenarios.py, which tests/test_kubernetes_real.py runs on a real
+cluster too; the tests here add what only the stand-in can tell.
 """
 
 from __future__ import annotations
 
 import base64
-import uuid
 from typing import Optional
 
 import pytest
@@ -24,10 +24,8 @@ from models import (
     AwsRelationalDatabaseDefinition,
     AwsRelationalDatabaseInstance,
     KubernetesRuntimeInstance,
-    WorkloadDefinition,
     WorkloadEvent,
     WorkloadInstance,
-    WorkloadResourceInstance,
     store,
 )
 from tasks import actor, aws_rds, kubernetes_runtimes, workload_instances
@@ -37,46 +35,24 @@ from tasks.workload_instances import INSTANCE_LABEL
 from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
+from . import kube_scenarios as scenarios
 from .kube import runtime_for
+from .kube_scenarios import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    WEB,
+    WEB_OBJECTS,
+    StandIn,
+    definition,
+    deploy,
+    healthy,
+    instance,
+    namespace_of,
+    rows,
+    update,
+    with_health,
+)
 from .reconciling import observed, wait_for
-
-CONFIG_MAP = """\
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: web-settings
-data:
-  colour: blue
-"""
-DEPLOYMENT = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-        - name: web
-          image: nginx:1.27
-"""
-SERVICE = """\
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-spec:
-  selector: {app: web}
-  ports:
-    - port: 80
-"""
-WEB = "---\n".join([CONFIG_MAP, DEPLOYMENT, SERVICE])
-
 
 # Fixtures and helpers ---------------------------------------------------------------------------
 
@@ -109,55 +85,9 @@ def reconciling(database, broker, locks, fast):
     worker.stop()
 
 
-def definition(broker, yaml: str = WEB, name: str = "web") -> WorkloadDefinition:
-    """A WorkloadDefinition, reconciled by its own reconciler (its documents recorded)."""
-    written = store.create(WorkloadDefinition, {"name": name, "yaml_document": yaml})
-    publish_rows(broker, written.outbox)
-    return wait_for(lambda: observed(WorkloadDefinition, written.obj.id))
-
-
-def instance(broker, workload: WorkloadDefinition, runtime=None, name: str = "web", publish=True) -> WorkloadInstance:
-    fields = {"name": name, "workload_definition_id": workload.id}
-    if runtime is not None:
-        fields["kubernetes_runtime_instance_id"] = runtime.id
-    written = store.create(WorkloadInstance, fields)
-    if publish:
-        publish_rows(broker, written.outbox)
-    return written.obj
-
-
-def update(broker, model, obj_id, fields) -> None:
-    publish_rows(broker, store.update(model, obj_id, fields).outbox)
-
-
-def rows(instance_id) -> list[str]:
-    table = WorkloadResourceInstance
-    query = table.select().where(table.workload_instance == instance_id).order_by(table.position)
-    return [row.name for row in query]
-
-
-def namespace_of(instance_id) -> str:
-    return wait_for(lambda: store.get(WorkloadInstance, instance_id).status.get("namespace"))
-
-
-def ready(kube, namespace: str, name: str = "web", replicas: int = 2) -> None:
-    """What the Deployment controller would report once every replica is ready."""
-    status = {"observedGeneration": 1, "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas}
-    kube.set_status("apps/v1", "Deployment", namespace, name, status)
-
-
-def healthy(instance_id) -> Optional[WorkloadInstance]:
-    current = observed(WorkloadInstance, instance_id)
-    return current if current is not None and current.status.get("health") == "Healthy" else None
-
-
 def deployed(kube, broker, runtime, yaml: str = WEB) -> WorkloadInstance:
     """An instance of ``yaml`` on ``runtime``, deployed, its Deployment made ready, observed Healthy."""
-    obj = instance(broker, definition(broker, yaml), runtime)
-    namespace = namespace_of(obj.id)
-    wait_for(lambda: kube.live("apps/v1", "Deployment", namespace, "web"))
-    ready(kube, namespace)
-    return wait_for(lambda: healthy(obj.id))
+    return deploy(StandIn(kube), broker, runtime, yaml=yaml)
 
 
 # Runtimes ---------------------------------------------------------------------------------------
@@ -221,92 +151,27 @@ def test_a_runtime_reached_over_tls_with_a_client_certificate_reconciles(kube_tl
 
 
 def test_an_instance_deploys_its_documents_labelled_and_records_them(kube, broker, reconciling):
-    # Given a runtime and a definition of three documents without a namespace
-    runtime = runtime_for(kube.url)
-    workload = definition(broker)
-
-    # When an instance of it is created
-    obj = instance(broker, workload, runtime)
-
-    # Then its namespace is made, every document is applied there with the instance's label
-    namespace = namespace_of(obj.id)
-    assert namespace == f"web-{obj.id.hex[:8]}"
-    wait_for(lambda: kube.live("v1", "Service", namespace, "web"))
-    assert kube.live("v1", "Namespace", None, namespace) is not None
-    for api_version, kind, name in [("v1", "ConfigMap", "web-settings"), ("apps/v1", "Deployment", "web")]:
-        live = kube.live(api_version, kind, namespace, name)
-        assert live["metadata"]["labels"][INSTANCE_LABEL] == str(obj.id)
-        assert live["metadata"]["annotations"]["threeport.io/workload-instance-name"] == "web"
-    deployment = kube.live("apps/v1", "Deployment", namespace, "web")
-    assert deployment["spec"]["template"]["metadata"]["labels"] == {"app": "web", INSTANCE_LABEL: str(obj.id)}
-
-    # And one WorkloadResourceInstance per document
-    expected = [f"{namespace}/ConfigMap/web-settings", f"{namespace}/Deployment/web", f"{namespace}/Service/web"]
-    wait_for(lambda: rows(obj.id) == expected)
-
-    # And while the Deployment has no ready replica it is reconciled (dependents may go on) but Progressing
-    progressing = wait_for(lambda: progressing_and_reconciled(obj.id))
-    assert progressing.observed_generation == 0 and "0/2 ready" in progressing.status["message"]
-
-    # When its replicas are ready, then it is Healthy and its generation observed
-    ready(kube, namespace)
-    done = wait_for(lambda: healthy(obj.id))
-    assert done.status["phase"] == "Reconciled" and done.status["workloads"] == {
-        f"{namespace}/Deployment/web": {"ready": 2, "desired": 2}
-    }
+    scenarios.an_instance_deploys_its_documents_labelled(StandIn(kube), broker)
 
 
 def test_reconciling_the_same_documents_again_writes_nothing(kube, broker, reconciling):
-    # Given a deployed, healthy instance
-    obj = deployed(kube, broker, runtime_for(kube.url))
-    namespace = obj.status["namespace"]
-    versions = {kind: kube.versions(v, kind, namespace, n) for v, kind, n in _WEB_OBJECTS}
-    count = len(rows(obj.id))
-
-    # When it gets a new generation with the very same documents (another definition, same YAML)
-    update(broker, WorkloadInstance, obj.id, {"workload_definition_id": definition(broker, name="web-copy").id})
-
-    # Then it is reconciled again, and nothing in the cluster was written, nor any row added
-    wait_for(lambda: healthy(obj.id) and healthy(obj.id).generation == 2)
-    assert {kind: kube.versions(v, kind, namespace, n) for v, kind, n in _WEB_OBJECTS} == versions
-    assert len(rows(obj.id)) == count
-
-
-_WEB_OBJECTS = [("v1", "ConfigMap", "web-settings"), ("apps/v1", "Deployment", "web"), ("v1", "Service", "web")]
+    scenarios.reapplying_the_same_documents_writes_nothing(StandIn(kube), broker)
 
 
 def test_a_document_that_leaves_the_definition_is_pruned(kube, broker, reconciling):
-    # Given a deployed instance of the three documents
-    obj = deployed(kube, broker, runtime_for(kube.url))
-    namespace = obj.status["namespace"]
+    scenarios.a_document_that_leaves_the_definition_is_pruned(StandIn(kube), broker)
 
-    # When it moves to a definition without the ConfigMap
-    smaller = definition(broker, "---\n".join([DEPLOYMENT, SERVICE]), name="web-smaller")
-    update(broker, WorkloadInstance, obj.id, {"workload_definition_id": smaller.id})
-
-    # Then the ConfigMap is deleted from the cluster and from the rows; the others stay
-    wait_for(lambda: kube.live("v1", "ConfigMap", namespace, "web-settings") is None)
-    wait_for(lambda: healthy(obj.id) and healthy(obj.id).generation == 2)
-    assert rows(obj.id) == [f"{namespace}/Deployment/web", f"{namespace}/Service/web"]
-    assert kube.live("apps/v1", "Deployment", namespace, "web") is not None
+    # And no ConfigMap is left anywhere
     assert kube.names("v1", "ConfigMap") == []
 
 
 def test_deleting_an_instance_removes_everything_and_confirms(kube, broker, reconciling):
-    # Given a deployed instance
-    obj = deployed(kube, broker, runtime_for(kube.url))
+    # Given a deployed instance, deleted: nothing of it is left (the scenario)
+    obj = scenarios.deleting_an_instance_removes_everything(StandIn(kube), broker)
     namespace = obj.status["namespace"]
 
-    # When its deletion is scheduled
-    publish_rows(broker, store.schedule_deletion(WorkloadInstance, obj.id).outbox)
-
-    # Then its row goes (confirmed), with its resource rows
-    wait_for(lambda: WorkloadInstance.get_or_none(WorkloadInstance.id == obj.id) is None)
-    assert rows(obj.id) == []
-
-    # And nothing of it is left in the cluster: its objects, then the namespace it made
-    assert kube.live("v1", "Namespace", None, namespace) is None
-    for api_version, kind, _ in _WEB_OBJECTS:
+    # And nothing of its kinds is left anywhere: its objects were deleted in reverse order, then the namespace it made
+    for api_version, kind, _ in WEB_OBJECTS:
         assert kube.names(api_version, kind) == []
     deletes = [path for method, path in kube.requests() if method == "DELETE"]
     assert deletes[-1] == f"/api/v1/namespaces/{namespace}"
@@ -362,16 +227,6 @@ def test_an_unreachable_runtime_makes_the_instance_wait_not_fail(kube, broker, r
 def runtime_saying(runtime_id, text: str) -> Optional[KubernetesRuntimeInstance]:
     current = store.get(KubernetesRuntimeInstance, runtime_id)
     return current if text in current.status.get("message", "") else None
-
-
-def with_health(instance_id, health: str) -> Optional[WorkloadInstance]:
-    current = store.get(WorkloadInstance, instance_id)
-    return current if current.status.get("health") == health else None
-
-
-def progressing_and_reconciled(instance_id) -> Optional[WorkloadInstance]:
-    current = with_health(instance_id, "Progressing")
-    return current if current is not None and current.reconciled and "ready" in current.status["message"] else None
 
 
 def saying(instance_id, text: str) -> Optional[WorkloadInstance]:
@@ -521,33 +376,3 @@ def reconciled(model, fields):
     obj = store.create(model, fields).obj
     store.write_status(model, obj.id, generation=obj.generation, status={"phase": "Reconciled"}, reconciled=True)
     return obj
-
-
-# Against a real cluster (opt-in) ----------------------------------------------------------------
-
-
-def test_against_a_real_cluster(real_kubeconfig, broker, reconciling):
-    """The same story on a real cluster: deploy, re-apply without writes, prune, delete."""
-    # Given a runtime reached with the given kubeconfig, reconciled by its reconciler
-    name = f"threeport-test-{uuid.uuid4().hex[:6]}"
-    runtime = runtime_for(
-        "", name=name, kubeconfig=real_kubeconfig, reconciled=False, publish=lambda o: publish_rows(broker, o)
-    )
-    done = wait_for(lambda: observed(KubernetesRuntimeInstance, runtime.id), timeout=60)
-    assert done.status["phase"] == "Reconciled" and done.status["node_count"] >= 1
-
-    # When an instance of two ConfigMaps is created, then both are in its namespace, labelled
-    second = CONFIG_MAP.replace("web-settings", "web-extra")
-    obj = instance(broker, definition(broker, CONFIG_MAP + "---\n" + second), runtime, name=name)
-    healthy_now = wait_for(lambda: healthy(obj.id), timeout=120)
-    namespace = healthy_now.status["namespace"]
-    assert rows(obj.id) == [f"{namespace}/ConfigMap/web-settings", f"{namespace}/ConfigMap/web-extra"]
-
-    # When it moves to a definition without the second one, then that one is pruned
-    update(broker, WorkloadInstance, obj.id, {"workload_definition_id": definition(broker, CONFIG_MAP, name="one").id})
-    wait_for(lambda: healthy(obj.id) and healthy(obj.id).generation == 2, timeout=120)
-    assert rows(obj.id) == [f"{namespace}/ConfigMap/web-settings"]
-
-    # When it is deleted, then the row goes once its objects and namespace are deleted
-    publish_rows(broker, store.schedule_deletion(WorkloadInstance, obj.id).outbox)
-    wait_for(lambda: WorkloadInstance.get_or_none(WorkloadInstance.id == obj.id) is None, timeout=120)
