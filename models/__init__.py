@@ -35,6 +35,7 @@ from .gateways import DomainNameDefinition, DomainNameInstance, GatewayDefinitio
 from .kubernetes import KubernetesRuntimeDefinition, KubernetesRuntimeInstance
 from .migrations import migrate
 from .outbox import Outbox
+from .secrets_storage import SecretDefinition, SecretInstance
 from .transactions import run_in_transaction, transactional
 from .workloads import (
     WorkloadDefinition,
@@ -73,6 +74,8 @@ __all__ = [
     "DomainNameInstance",
     "GatewayDefinition",
     "GatewayInstance",
+    "SecretDefinition",
+    "SecretInstance",
     "AttachedObjectReference",
     "Event",
     "Extension",

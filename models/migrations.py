@@ -372,6 +372,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        "0004_secrets_storage",
+        (
+            f"""CREATE TABLE secret_definitions ({_LIFECYCLE_COLUMNS_0001},
+    aws_account_id UUID REFERENCES aws_accounts (id),
+    data TEXT NOT NULL,
+    CONSTRAINT secret_definitions_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX secret_definitions_created_at_id ON secret_definitions (created_at, id)",
+            """CREATE INDEX secret_definitions_unreconciled ON secret_definitions (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            "CREATE INDEX secret_definitions_aws_account_id ON secret_definitions (aws_account_id)",
+            f"""CREATE TABLE secret_instances ({_LIFECYCLE_COLUMNS_0001},
+    secret_definition_id UUID NOT NULL REFERENCES secret_definitions (id),
+    workload_instance_id UUID NOT NULL REFERENCES workload_instances (id),
+    kubernetes_runtime_instance_id UUID REFERENCES kubernetes_runtime_instances (id),
+    CONSTRAINT secret_instances_name_key UNIQUE (name)
+)""",
+            "CREATE INDEX secret_instances_created_at_id ON secret_instances (created_at, id)",
+            """CREATE INDEX secret_instances_unreconciled ON secret_instances (updated_at)
+    WHERE generation <> observed_generation OR deletion_scheduled IS NOT NULL""",
+            "CREATE INDEX secret_instances_secret_definition_id ON secret_instances (secret_definition_id)",
+            "CREATE INDEX secret_instances_workload_instance_id ON secret_instances (workload_instance_id)",
+            """CREATE INDEX secret_instances_kubernetes_runtime_instance_id
+    ON secret_instances (kubernetes_runtime_instance_id)""",
+        ),
+    ),
+    Migration(
         "0005_extensions",
         (
             """CREATE TABLE extensions (id UUID NOT NULL PRIMARY KEY,

@@ -56,9 +56,11 @@ from . import (  # noqa: E402, F401  (registers the built-in kinds)
     aws_eks,
     aws_rds,
     aws_s3,
+    aws_secrets,
     definitions,
     gateways,
     kubernetes_runtimes,
+    secret_instances,
     workload_instances,
     workloads,
 )

@@ -5,7 +5,8 @@ a component's manifests are a function of its version and of the
 cluster's :class:`Settings` (the domains in use there, say). Change a
 version here and the next reconcile of a user applies the new manifests.
 The manifests are minimal but real: ingress-nginx, cert-manager (its CRDs,
-controllers and a Let's Encrypt issuer per domain) and external-dns.
+controllers and a Let's Encrypt issuer per domain), external-dns and the
+External Secrets Operator (its CRDs and controller).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "EKS_ROLE_ANNOTATION",
     "EXTERNAL_DNS_NAMESPACE",
     "EXTERNAL_DNS_SERVICE_ACCOUNT",
+    "EXTERNAL_SECRETS_API",
+    "EXTERNAL_SECRETS_NAMESPACE",
     "issuer_name",
 ]
 
@@ -254,7 +257,7 @@ _CERT_MANAGER_CRDS = [
 ]
 
 
-def _crd(group: str, plural: str, kind: str, scope: str) -> dict[str, Any]:
+def _crd(group: str, plural: str, kind: str, scope: str, version: str = "v1") -> dict[str, Any]:
     schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -265,7 +268,7 @@ def _crd(group: str, plural: str, kind: str, scope: str) -> dict[str, Any]:
             "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()},
             "scope": scope,
             "versions": [
-                {"name": "v1", "served": True, "storage": True, "schema": schema, "subresources": {"status": {}}}
+                {"name": version, "served": True, "storage": True, "schema": schema, "subresources": {"status": {}}}
             ],
         },
     }
@@ -417,6 +420,75 @@ def _external_dns_manifests(version: str, settings: Settings) -> list[dict[str, 
     ]
 
 
+#: External Secrets' API version and namespace, and the CRDs its controller needs: (group, plural, kind, scope).
+EXTERNAL_SECRETS_API = "external-secrets.io/v1beta1"
+EXTERNAL_SECRETS_NAMESPACE = "external-secrets"
+_EXTERNAL_SECRETS_CRDS = [
+    ("external-secrets.io", "externalsecrets", "ExternalSecret", "Namespaced"),
+    ("external-secrets.io", "secretstores", "SecretStore", "Namespaced"),
+    ("external-secrets.io", "clustersecretstores", "ClusterSecretStore", "Cluster"),
+]
+
+
+def _external_secrets_manifests(version: str, settings: Settings) -> list[dict[str, Any]]:
+    """The External Secrets Operator's controller: it copies SecretStores' provider values into Secrets.
+
+    Only the controller of ExternalSecrets and (Cluster)SecretStores runs:
+    its webhook and the ClusterExternalSecret and PushSecret controllers are
+    left out, as the CRDs they would need.
+    """
+    ns = EXTERNAL_SECRETS_NAMESPACE
+    args = [
+        "--concurrent=1",
+        "--metrics-addr=:8080",
+        "--loglevel=info",
+        "--zap-time-encoding=epoch",
+        "--enable-leader-election=true",
+        "--enable-cluster-store-reconciler=true",
+        "--enable-cluster-external-secret-reconciler=false",
+        "--enable-push-secret-reconciler=false",
+    ]
+    container = {
+        "name": "external-secrets",
+        "image": f"ghcr.io/external-secrets/external-secrets:{version}",
+        "args": args,
+        "env": _POD_ENV,
+        "ports": [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
+    }
+    stores = "secretstores,clustersecretstores,externalsecrets"
+    objects = [_crd(*crd, version="v1beta1") for crd in _EXTERNAL_SECRETS_CRDS]
+    objects += [
+        _namespace(ns),
+        _service_account("external-secrets", ns),
+        _cluster_role(
+            "external-secrets-controller",
+            [
+                ("external-secrets.io", stores, "get,list,watch"),
+                (
+                    "external-secrets.io",
+                    ",".join(f"{plural}/{sub}" for plural in stores.split(",") for sub in ("status", "finalizers")),
+                    "get,update,patch",
+                ),
+                ("generators.external-secrets.io", "*", "get,list,watch"),
+                ("", "secrets", "get,list,watch,create,update,patch,delete"),
+                ("", "serviceaccounts,namespaces,configmaps", "get,list,watch"),
+                ("", "serviceaccounts/token", "create"),
+                ("", "events", "create,patch"),
+                ("coordination.k8s.io", "leases", "get,create,update,patch"),
+            ],
+        ),
+        _cluster_role_binding("external-secrets-controller", "external-secrets-controller", [("external-secrets", ns)]),
+        _deployment(
+            "external-secrets",
+            ns,
+            labels={"app.kubernetes.io/name": "external-secrets"},
+            account="external-secrets",
+            container=container,
+        ),
+    ]
+    return objects
+
+
 #: Every supporting service, its pinned version and its manifests: the one place versions are chosen.
 COMPONENTS: dict[str, Component] = {
     component.name: component
@@ -439,6 +511,13 @@ COMPONENTS: dict[str, Component] = {
             "v0.14.2",
             _external_dns_manifests,
             probe=("apps/v1", "Deployment", "external-dns", "external-dns"),
+        ),
+        Component(
+            "external-secrets",
+            "v0.10.4",
+            _external_secrets_manifests,
+            probe=("apps/v1", "Deployment", "external-secrets", "external-secrets"),
+            custom_api_versions=frozenset({EXTERNAL_SECRETS_API}),
         ),
     )
 }

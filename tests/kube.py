@@ -131,6 +131,10 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool, bool]] = {
     ("cert-manager.io/v1", "ClusterIssuer"): ("clusterissuers", False, True),
     ("cert-manager.io/v1", "Issuer"): ("issuers", True, True),
     ("cert-manager.io/v1", "Certificate"): ("certificates", True, True),
+    # External Secrets' kinds, likewise
+    ("external-secrets.io/v1beta1", "ExternalSecret"): ("externalsecrets", True, True),
+    ("external-secrets.io/v1beta1", "SecretStore"): ("secretstores", True, True),
+    ("external-secrets.io/v1beta1", "ClusterSecretStore"): ("clustersecretstores", False, True),
 }
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 _NAMESPACES = kmock.resource("", "v1", "namespaces")

@@ -88,6 +88,8 @@ BODIES: dict[str, dict] = {
         "sub_domain": "www",
     },
     "GatewayInstance": {"gateway_definition_id": "@GatewayDefinition", "workload_instance_id": "@WorkloadInstance"},
+    "SecretDefinition": {"aws_account_id": "@AwsAccount", "data": {"password": "hunter2"}},
+    "SecretInstance": {"secret_definition_id": "@SecretDefinition", "workload_instance_id": "@WorkloadInstance"},
 }
 KINDS = list(BODIES)
 #: (field, bad value, what the 422 says) per kind: a rule beyond the field's type.
@@ -99,6 +101,7 @@ BAD_VALUES = {
     "AwsRelationalDatabaseDefinition": ("engine", "oracle", "must be one of"),
     "DomainNameDefinition": ("domain", "localhost", "must be a DNS domain"),
     "GatewayDefinition": ("http_ports", [{"port": 70000}], "70000 is greater than the maximum of 65535"),
+    "SecretDefinition": ("data", {"password": 1234}, "the values of ['password'] must be strings"),
 }
 
 
