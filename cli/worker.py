@@ -48,11 +48,33 @@ def run(
         envvar="THREEPORT_HEARTBEAT_INTERVAL",
         help="Seconds between heartbeats; a killed worker's entry expires after three.",
     ),
+    extension: Optional[list[str]] = typer.Option(
+        None,
+        "--extension",
+        help="Run the controller of the extensions this module defines instead (no database; repeatable).",
+    ),
+    api_url: str = typer.Option(
+        "http://127.0.0.1:8080", envvar="THREEPORT_API_URL", help="The API an extension controller talks to."
+    ),
+    api_token: str = typer.Option("", envvar="THREEPORT_API_TOKEN", help="Its bearer token.", show_default=False),
 ) -> None:
     """Run worker processes until SIGTERM or Ctrl-C."""
     from workers.logs import configure_from_env
 
     configure_from_env()
+    if extension:
+        from .extension_worker import serve
+
+        serve(
+            extension,
+            threads=threads,
+            nats_url=nats_url,
+            prefix=prefix,
+            api_url=api_url,
+            api_token=api_token,
+            shutdown_timeout=shutdown_timeout,
+        )
+        return
     if metrics_port is not None and processes > 1:  # the processes' metrics meet in files (inherited by the children)
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="threeport-metrics-"))
     options = dict(

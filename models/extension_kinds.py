@@ -64,6 +64,7 @@ __all__ = [
     "update_extension",
     "unregister_extension",
     "served_prefixes",
+    "default_plural",
     "EXTENSION_ACTOR",
     "REFRESH_SECONDS",
 ]
@@ -401,7 +402,7 @@ def _checked_kinds(kinds: Iterable[dict[str, Any]]) -> list[_KindSpec]:
             raise InvalidObject(
                 f"kind {kind!r}: a kind is a CamelCase name of letters and digits, such as 'FancyWorkload'"
             )
-        plural = item.get("plural") or _default_plural(kind)
+        plural = item.get("plural") or default_plural(kind)
         if not _PLURAL.fullmatch(plural):
             raise InvalidObject(f"kind {kind!r}: plural {plural!r} must be lower-case letters, digits and '-'")
         for name in (kind, plural):
@@ -432,7 +433,8 @@ def _check_object_schema(kind: str, schema: dict[str, Any]) -> None:
         raise InvalidObject(f"kind {kind!r}: required {sorted(unknown)} are not among its properties")
 
 
-def _default_plural(kind: str) -> str:
+def default_plural(kind: str) -> str:
+    """A kind's URL segment unless it names one: ``FancyWorkload`` → ``fancy-workloads``."""
     words = re.sub(r"(?<!^)(?=[A-Z])", "-", kind).lower()
     return words + ("es" if words.endswith(("s", "x", "ch", "sh")) else "s")
 

@@ -22,7 +22,8 @@ import logging
 import random
 import threading
 import uuid
-from typing import Iterable, Optional
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
 
 import dramatiq
 from dramatiq.message import Message
@@ -38,9 +39,9 @@ from workers.locks import Lease, LockManager
 from workers.metrics import LOCK_CONTENTION, reconcile_timer
 
 from .errors import DependencyNotReady, PermanentError, TemporaryError
-from .reconcilers import reconciler_for
+from .reconcilers import Reconciler, reconciler_for
 
-__all__ = ["ACTOR_NAME", "ReconcileActor", "declare_actors"]
+__all__ = ["ACTOR_NAME", "ReconcileActor", "Report", "declare_actors"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ReconcileActor:
 
     def __call__(self, kind: str, object_id: str, generation: int, requeues: int = 0) -> None:
         try:
-            model = registry.by_kind(kind)
+            model = self.model_of(kind)
             object_uuid = uuid.UUID(str(object_id))
         except (NotFound, ValueError):  # no retry can make a bad message good
             logger.error("Dropping a reconcile of unknown %s %r.", kind, object_id)
@@ -92,38 +93,68 @@ class ReconcileActor:
         message = Message(queue_name=model.queue, actor_name=model.actor, args=(), kwargs=kwargs, options={})
         self.broker.enqueue(message, delay=max(1, int(delay * 1000)))
 
+    # Where objects come from and where outcomes go: the database (an extension's controller: the API).
+    def model_of(self, kind: str) -> type[ReconciledModel]:
+        """The kind's model; NotFound for a kind this actor does not serve."""
+        return registry.by_kind(kind)
+
+    def load(self, model: type[ReconciledModel], object_id: str) -> ReconciledModel:
+        """The object as it is now; NotFound once it is gone."""
+        return store.get(model, object_id)
+
+    def reconciler_of(self, model: type[ReconciledModel]) -> Optional[Reconciler]:
+        return reconciler_for(model.kind)
+
+    def dependencies_must_be_ready(self, obj: ReconciledModel) -> None:
+        _dependencies_must_be_ready(obj)
+
+    def report(self, model: type[ReconciledModel], obj: ReconciledModel, report: Report) -> None:
+        """Write the outcome for the generation reconciled, and its event when it was written."""
+
+        def write() -> None:
+            if store.write_status(
+                model,
+                obj.id,
+                generation=report.generation,
+                status=report.status,
+                observed=report.observed,
+                **report.flags,
+            ):
+                record_event(model.kind, obj.id, report.reason, report.message, type=report.event_type)
+
+        run_in_transaction(write)
+
+    def confirm_deletion(self, model: type[ReconciledModel], obj: ReconciledModel) -> None:
+        store.confirm_deletion(model, obj.id)
+
     def _reconcile(self, model: type[ReconciledModel], object_id: str, requeues: int) -> str:
         """Reconcile the object; the result for the metrics (reconciled, waiting, failed, skipped, deleted)."""
         try:
-            obj = store.get(model, object_id)
+            obj = self.load(model, object_id)
         except NotFound:
             return "skipped"  # deleted meanwhile: nothing to do
         generation = obj.generation
-        reconciler = reconciler_for(model.kind)
+        reconciler = self.reconciler_of(model)
         deleting = obj.deletion_scheduled is not None
         if not deleting and obj.observed_generation >= generation:
             return "skipped"  # this generation was reconciled already (a duplicate or late message)
 
-        def status(phase: str, message: str, *, reason: str, warning: bool = False, **flags) -> None:
-            outcome = {"phase": phase, "message": message}
+        def status(phase: str, message: str, *, reason: str, warning: bool = False, extra=None, **flags) -> None:
+            observed = flags.pop("observed", True)
+            outcome = {**(extra or {}), "phase": phase, "message": message}
             event_type = WARNING if warning else NORMAL
-
-            def write() -> None:
-                if store.write_status(model, obj.id, generation=generation, status=outcome, **flags):
-                    record_event(model.kind, obj.id, reason, message or phase, type=event_type)
-
-            run_in_transaction(write)
+            self.report(model, obj, Report(generation, outcome, reason, message or phase, event_type, observed, flags))
 
         try:
             if deleting:
                 if reconciler is not None:
                     reconciler.delete(obj)
-                store.confirm_deletion(model, obj.id)
+                self.confirm_deletion(model, obj)
                 return "deleted"
-            _dependencies_must_be_ready(obj)
+            self.dependencies_must_be_ready(obj)
             if reconciler is None:
                 raise PermanentError(f"no reconciler for kind {model.kind}")
-            reconciler.reconcile(obj)
+            extra = reconciler.reconcile(obj)
         except NotFound:
             return "skipped"  # deleted while being reconciled
         except TemporaryError as exc:
@@ -143,9 +174,32 @@ class ReconcileActor:
                 logger.exception("Could not record the failure of %s %s.", model.kind, obj.id)
             raise
         status(
-            "Reconciled", "", reason="Reconciled", reconciled=True, creation_failed=False, creation_confirmed=True
+            "Reconciled",
+            "",
+            reason="Reconciled",
+            extra=extra if isinstance(extra, dict) else None,
+            reconciled=True,
+            creation_failed=False,
+            creation_confirmed=True,
         )
         return "reconciled"
+
+
+@dataclass(frozen=True)
+class Report:
+    """A reconcile's outcome for one generation, as :meth:`ReconcileActor.report` writes it."""
+
+    generation: int
+    #: Keys written into the object's status (``phase``, ``message``, what the reconciler returned).
+    status: dict[str, Any]
+    #: The event's reason and message, and its type (Normal or Warning).
+    reason: str
+    message: str
+    event_type: str
+    #: Whether the generation is done (False: it will be tried again).
+    observed: bool
+    #: Lifecycle flags to set (see :data:`models.store.STATUS_FLAGS`).
+    flags: dict[str, bool]
 
 
 def _dependencies_must_be_ready(obj: ReconciledModel) -> None:

@@ -23,12 +23,12 @@ from typer.testing import CliRunner, Result
 
 from api.app import create_app
 from api.settings import Settings, hash_token
-from cli import client as api_client
 from cli.client import Catalog, Field, Kind
 from cli.config import ClientConfig, ControlPlane, save
 from cli.main import app
 from cli.manifests import Document, ManifestError, plan
 from models import record_event
+from tasks import api_client
 from tasks.actor import declare_actors
 from workers.locks import LockManager
 from workers.outbox_relay import publish_rows

@@ -1,0 +1,83 @@
+"""``threeport worker --extension MODULE``: an extension's controller, deployed on its own.
+
+It needs no database: it registers the module's extensions with the API
+(:meth:`tasks.extensions.Extension.register`), then consumes their queues
+with the reconcile actor of :mod:`tasks.extensions`, which reads and
+reports objects through the API and takes the same per-object NATS locks as
+the core workers. SIGTERM or SIGINT stops it gracefully.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import typer
+
+from tasks.api_client import ApiClient, ClientError
+
+from .client import reported_errors
+
+
+def serve(
+    modules: list[str],
+    *,
+    threads: int,
+    nats_url: str,
+    prefix: str,
+    api_url: str,
+    api_token: str,
+    shutdown_timeout: float,
+) -> None:
+    """Run the controller of the extensions ``modules`` define until SIGTERM/SIGINT."""
+    import dramatiq
+
+    from tasks.extensions import declare_extension_actor, load_extensions
+    from workers.broker import JetStreamBroker
+    from workers.metrics import MessageMetrics
+
+    signals: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _: signals.append(signum))
+    try:
+        extensions = load_extensions(modules)
+    except (ImportError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not api_token:
+        typer.echo("error: the API token is needed: --api-token or THREEPORT_API_TOKEN", err=True)
+        raise typer.Exit(2)
+    api = ApiClient(api_url, api_token)
+    with reported_errors():
+        for extension in extensions:
+            _register(extension, api)
+    broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-extension")
+    broker.add_middleware(MessageMetrics())
+    dramatiq.set_broker(broker)
+    declare_extension_actor(broker, extensions, api)
+    broker.emit_after("process_boot")
+    worker = dramatiq.Worker(broker, worker_threads=threads)
+    worker.start()
+    print(f"extension controller ready: queues {sorted(broker.get_declared_queues())}", flush=True)
+    try:
+        while not signals:
+            time.sleep(0.2)
+    finally:
+        worker.stop(timeout=int(shutdown_timeout * 1000))
+        broker.close()
+        api.close()
+
+
+def _register(extension, api: ApiClient, attempts: int = 30) -> None:
+    """Register ``extension``, waiting for an API that is still starting (unreachable) up to ``attempts`` seconds."""
+    for attempt in range(attempts):
+        try:
+            registered = extension.register(api)
+            break
+        except ClientError as exc:
+            if getattr(exc, "status", 0) is not None or attempt == attempts - 1:
+                raise
+            typer.echo(f"waiting for the API at {api.api_url} ({exc})", err=True)
+            time.sleep(1)
+    kinds = ", ".join(kind["kind"] for kind in registered["kinds"])
+    typer.echo(f"registered {extension.domain}/{extension.version}: {kinds} (queue {registered['queue']})", err=True)
