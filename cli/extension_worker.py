@@ -4,7 +4,9 @@ It needs no database: it registers the module's extensions with the API
 (:meth:`tasks.extensions.Extension.register`), then consumes their queues
 with the reconcile actor of :mod:`tasks.extensions`, which reads and
 reports objects through the API and takes the same per-object NATS locks as
-the core workers. SIGTERM or SIGINT stops it gracefully.
+the core workers. It writes heartbeats like them (``threeport workers``
+lists it) and logs with the same message context. SIGTERM or SIGINT stops
+it gracefully.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def serve(
 
     from tasks.extensions import declare_extension_actor, load_extensions
     from workers.broker import JetStreamBroker
+    from workers.heartbeats import Heartbeats
+    from workers.logs import add_message_context
     from workers.metrics import MessageMetrics
 
     signals: list[int] = []
@@ -52,7 +56,9 @@ def serve(
         for extension in extensions:
             _register(extension, api)
     broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-extension")
+    add_message_context(broker)  # log lines carry the message, kind and object ids
     broker.add_middleware(MessageMetrics())
+    broker.add_middleware(Heartbeats())  # listed by `threeport workers` like the core's workers
     dramatiq.set_broker(broker)
     declare_extension_actor(broker, extensions, api)
     broker.emit_after("process_boot")

@@ -35,6 +35,7 @@ from tasks.actor import declare_actors
 from tasks.api_client import ApiClient
 from tasks.extensions import Extension
 from tasks.kubernetes_adapter import RetryPolicy
+from workers.heartbeats import live_workers
 from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
@@ -111,11 +112,14 @@ def controller(api_url, nats_server, prefix):
     assert proc.wait(30) == 0
 
 
-def test_the_example_controller_reconciles_its_objects_end_to_end(kube, http, core_worker, controller):
-    # Given a default runtime (the stand-in) and the example's controller running on its own
+def test_the_example_controller_reconciles_its_objects_end_to_end(kube, http, broker, prefix, core_worker, controller):
+    # Given a default runtime (the stand-in) and the example's controller running on its own,
+    # registered and listed among the live workers
     runtime_for(kube.url, default=True)
     registered = http.get("/v0/extensions", params={"domain": "acmecorp.com"}).json()["items"]
     assert [(e["version"], e["queue"]) for e in registered] == [("v1", "ext.acmecorp.com")]
+    workers = wait_for(lambda: live_workers(broker.connection, prefix))
+    assert [(w.pid, w.queues) for w in workers] == [(controller.pid, ["ext.acmecorp.com"])]
 
     # When a FancyWorkload is created through the API
     created = http.post(FANCY, json={"name": "shop", "image": "nginx:1.27", "replicas": 2, "port": 80})
