@@ -41,7 +41,7 @@ from workers.metrics import LOCK_CONTENTION, reconcile_timer
 from .errors import DependencyNotReady, PermanentError, TemporaryError
 from .reconcilers import Reconciler, reconciler_for
 
-__all__ = ["ACTOR_NAME", "ReconcileActor", "Report", "declare_actors"]
+__all__ = ["ACTOR_NAME", "ReconcileActor", "Report", "declare", "declare_actors"]
 
 logger = logging.getLogger(__name__)
 
@@ -279,19 +279,24 @@ def declare_actors(
     body = ReconcileActor(broker, locks, lock_ttl=lock_ttl)
     kinds = registry.reconciled_kinds()
     queues = list(queues) if queues is not None else sorted({model.queue for model in kinds})
+    retries = dict(max_retries=max_retries, min_backoff=min_backoff, max_backoff=max_backoff)
+    return declare(broker, body, ACTOR_NAME, queues, **retries)
+
+
+def declare(
+    broker: JetStreamBroker, body: ReconcileActor, actor_name: str, queues: list[str], **retries: int
+) -> dramatiq.Actor:
+    """Declare ``body`` as the actor ``actor_name`` on ``broker``, with ``queues`` and Dramatiq's retry options.
+
+    A Dramatiq worker finds an actor by the message's actor name whatever
+    queue it came from, so one actor serves every queue given.
+    """
 
     def reconcile(kind: str, object_id: str, generation: int, requeues: int = 0) -> None:
         body(kind, object_id, generation, requeues)
 
-    actor = dramatiq.actor(
-        reconcile,
-        actor_name=ACTOR_NAME,
-        queue_name=queues[0] if queues else "default",
-        broker=broker,
-        max_retries=max_retries,
-        min_backoff=min_backoff,
-        max_backoff=max_backoff,
-    )
+    queue_name = queues[0] if queues else "default"
+    actor = dramatiq.actor(reconcile, actor_name=actor_name, queue_name=queue_name, broker=broker, **retries)
     for queue in queues:
         broker.declare_queue(queue)
     return actor

@@ -43,7 +43,7 @@ from models.extension_kinds import EXTENSION_ACTOR, default_plural
 from workers.broker import JetStreamBroker
 from workers.locks import LockManager
 
-from .actor import LOCK_TTL, ReconcileActor, Report
+from .actor import LOCK_TTL, ReconcileActor, Report, declare
 from .api_client import ApiClient, ApiError
 from .errors import PermanentError, TemporaryError
 from .reconcilers import Reconciler
@@ -270,22 +270,8 @@ def declare_extension_actor(
     locks = locks or LockManager(connection=broker.connection)
     body = ExtensionReconcileActor(broker, locks, api, extensions, lock_ttl=lock_ttl)
     queues = sorted({extension.queue for extension in extensions})
-
-    def reconcile_extension(kind: str, object_id: str, generation: int, requeues: int = 0) -> None:
-        body(kind, object_id, generation, requeues)
-
-    actor = dramatiq.actor(
-        reconcile_extension,
-        actor_name=EXTENSION_ACTOR,
-        queue_name=queues[0],
-        broker=broker,
-        max_retries=max_retries,
-        min_backoff=min_backoff,
-        max_backoff=max_backoff,
-    )
-    for queue in queues:
-        broker.declare_queue(queue)
-    return actor
+    retries = dict(max_retries=max_retries, min_backoff=min_backoff, max_backoff=max_backoff)
+    return declare(broker, body, EXTENSION_ACTOR, queues, **retries)
 
 
 def load_extensions(module_names: Iterable[str]) -> list[Extension]:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
-import socketserver
-import threading
 from pathlib import Path
 from typing import Optional
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -32,6 +29,8 @@ from tasks import api_client
 from tasks.actor import declare_actors
 from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
+
+from .live_api import served
 
 TOKEN = "cli-objects-test-token"
 YAML = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n"
@@ -99,27 +98,13 @@ gateway: {name: wordpress-gw, http_ports: [{port: 443, tls_enabled: true}], sub_
 """
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def api_url(database, broker):
     """The API served over HTTP on a free loopback port, on this test's database and broker."""
     settings = Settings(token_hashes=frozenset({hash_token(TOKEN)}))
     wsgi = create_app(settings, publish=functools.partial(publish_rows, broker))
-    server = make_server("127.0.0.1", 0, wsgi, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with served(wsgi) as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,10 +15,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -40,6 +37,7 @@ from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
 from .kube import runtime_for
+from .live_api import served
 from .reconciling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,27 +46,14 @@ TOKEN = "extension-controller-test-token"
 FANCY = "/acmecorp.com/v1/fancy-workloads"
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def api_url(database, broker):
     """The API over HTTP on a free loopback port, publishing its outbox rows on the test's broker."""
     app = create_app(
         Settings(token_hashes=frozenset({hash_token(TOKEN)})), publish=functools.partial(publish_rows, broker)
     )
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture
