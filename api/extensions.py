@@ -105,6 +105,8 @@ class ExtensionSink:
             self.proxy(req, resp)
             return
         object_id, action = match.group("object_id"), match.group("action")
+        template = model.collection_path() + ("/{object_id}" if object_id else "") + (f"/{action}" if action else "")
+        req.context.route_template = template  # the metrics' route label, as for a core route
         resource = self._resources_of(model)[action or ("item" if object_id else "collection")]
         responder = getattr(resource, f"on_{req.method.lower()}", None)
         if responder is None:

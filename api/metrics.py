@@ -2,7 +2,8 @@
 
 Requests are labelled by the URI template Falcon matched
 (``/v0/workload-definitions/{object_id}``), never by the raw path, so label
-values stay few; what no route matched is ``other``. Under gunicorn each
+values stay few (an extension kind's paths are labelled by their template too);
+what no route matched is ``other``. Under gunicorn each
 worker is a process: with ``PROMETHEUS_MULTIPROC_DIR`` set, the metrics are
 written to files there and ``/metrics`` sums every process's.
 """
@@ -36,7 +37,7 @@ class RequestMetrics:
         req.context.metrics_started = time.monotonic()
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        route = req.uri_template or UNMATCHED
+        route = req.uri_template or req.context.get("route_template") or UNMATCHED
         REQUESTS.labels(req.method, route, str(resp.status_code)).inc()
         started = req.context.get("metrics_started")
         if started is not None:

@@ -103,6 +103,11 @@ def test_a_registered_kind_is_served_at_once_with_the_whole_lifecycle(client, re
     assert [item["name"] for item in listed.json["items"]] == ["web"] and listed.json["next"] is None
     assert deleted.status_code == 202 and deleted.json["deletion_scheduled"]
     assert [row.generation for row in outbox_rows(obj["kind"]) if str(row.object_id) == obj["id"]] == [1, 2, 3]
+    # And the metrics label the requests by the kind's path template, never by an object's id
+    metrics = client.simulate_get("/metrics").text
+    assert 'route="/acmecorp.com/v1/fancy-workloads",status="201"' in metrics
+    assert 'route="/acmecorp.com/v1/fancy-workloads/{object_id}",status="412"' in metrics
+    assert obj["id"] not in metrics
 
 
 def test_pages_of_an_extension_kind_follow_the_cursor(client, registered):
