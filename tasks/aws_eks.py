@@ -1,20 +1,22 @@
 """The AwsEksKubernetesRuntimeInstance reconciler: an EKS cluster and everything it needs, step by step.
 
 A build runs fixed steps in order (VPC, subnets, internet gateway, NAT
-gateway, route tables, security group, IAM roles, cluster, node group, then
-the KubernetesRuntimeInstance). Each step first finds what an earlier attempt
-made (by the ``threeport:object-id``/``threeport:part`` tags, or by a
-deterministic name or client token) and records the ids in the status
-``inventory`` right after, so a worker killed between two steps leaves a
-build the next reconcile resumes instead of duplicating. Waiting on AWS
-(a cluster takes minutes) never holds a thread: a step whose resource is
-not ready raises ``TemporaryError(delay=POLL_DELAY)`` and the actor requeues
-the object. Deletion runs the teardown in reverse order, from the inventory
-and the tags both, tolerating whatever is gone already.
+gateway, route tables, security group, IAM roles, cluster, the cluster's IAM
+OIDC provider, node group, then the KubernetesRuntimeInstance). Each step
+first finds what an earlier attempt made (by the ``threeport:object-id``/
+``threeport:part`` tags, or by a deterministic name, URL or client token)
+and records the ids in the status ``inventory`` right after, so a worker
+killed between two steps leaves a build the next reconcile resumes instead
+of duplicating. Waiting on AWS (a cluster takes minutes) never holds a
+thread: a step whose resource is not ready raises
+``TemporaryError(delay=POLL_DELAY)`` and the actor requeues the object.
+Deletion runs the teardown in reverse order, from the inventory and the tags
+both, tolerating whatever is gone already.
 
 This module says the order; the steps are in :mod:`tasks.aws_eks_network`
-(the VPC and what is in it) and :mod:`tasks.aws_eks_cluster` (IAM roles,
-cluster, node group, runtime), and what they share in :mod:`tasks.aws_eks_build`.
+(the VPC and what is in it), :mod:`tasks.aws_eks_cluster` (IAM roles,
+cluster, node group, runtime) and :mod:`tasks.aws_eks_oidc` (the OIDC
+provider IRSA roles trust), and what they share in :mod:`tasks.aws_eks_build`.
 
 The cluster is reached with IAM-signed tokens, made at connect time; the
 status says how: ``auth`` = ``{"method": "aws-iam", "cluster_name", "region"}``.
@@ -29,6 +31,7 @@ from models.aws import AwsEksKubernetesRuntimeInstance
 
 from . import aws_eks_cluster as eks
 from . import aws_eks_network as network
+from . import aws_eks_oidc as oidc
 from .aws_eks_build import TAG_PART, Build, resource_names
 from .aws_eks_cluster import CLUSTER_POLICIES, NODE_GROUP, NODE_POLICIES, certificate_pem
 from .aws_eks_network import VPC_CIDR
@@ -68,6 +71,7 @@ def reconcile_eks_runtime(obj: AwsEksKubernetesRuntimeInstance) -> None:
     cluster_role = eks.role(build, "cluster_role", "eks.amazonaws.com", CLUSTER_POLICIES)
     node_role = eks.role(build, "node_role", "ec2.amazonaws.com", NODE_POLICIES)
     cluster = eks.active_cluster(build, cluster_role, public + private, group_id)
+    oidc.oidc_provider(build, cluster)
     eks.active_node_group(build, node_role, private)
     eks.runtime(build, cluster)
 
@@ -76,6 +80,7 @@ def delete_eks_runtime(obj: AwsEksKubernetesRuntimeInstance) -> None:
     """Tear down what the build made, in reverse order; requeues itself while AWS is still deleting."""
     build = Build.of(obj, poll_delay=POLL_DELAY)
     eks.delete_node_group(build)
+    oidc.delete_oidc_provider(build)
     eks.delete_cluster(build)
     eks.delete_roles(build)
     network.delete_security_groups(build)

@@ -1,9 +1,10 @@
 """IAM Roles for Service Accounts (IRSA): an IAM role that a Kubernetes service account assumes on EKS.
 
 An EKS cluster the control plane built records its OIDC issuer in its status
-(:func:`oidc_issuer`). A role trusts one service account of that cluster when
-its trust policy lets ``sts:AssumeRoleWithWebIdentity`` through the
-account's OIDC provider for the issuer, for the subject
+(:func:`oidc_issuer`) once the build has made the account's IAM OIDC provider
+for that issuer (:mod:`tasks.aws_eks_oidc`). A role trusts one service account
+of that cluster when its trust policy lets ``sts:AssumeRoleWithWebIdentity``
+through that provider (:func:`oidc_provider_arn`), for the subject
 ``system:serviceaccount:<namespace>:<name>`` (:func:`web_identity_trust`);
 the service account names the role in its ``eks.amazonaws.com/role-arn``
 annotation and EKS gives its pods credentials of the role. Roles have deterministic names
@@ -32,9 +33,12 @@ __all__ = [
     "aws_of",
     # Policy documents
     "partition",
+    "oidc_provider_path",
+    "oidc_provider_arn",
     "policy_document",
     "web_identity_trust",
     "service_account_subject",
+    "AUDIENCE",
     # Roles
     "role_arn",
     "ensure_role",
@@ -42,8 +46,8 @@ __all__ = [
     "delete_role",
 ]
 
-#: The audience EKS's web identity tokens are issued for.
-_AUDIENCE = "sts.amazonaws.com"
+#: The audience EKS's web identity tokens are issued for: the one client id of the cluster's OIDC provider.
+AUDIENCE = "sts.amazonaws.com"
 
 
 # Where --------------------------------------------------------------------------------------------
@@ -98,14 +102,24 @@ def service_account_subject(namespace: str, name: str) -> str:
     return f"system:serviceaccount:{namespace}:{name}"
 
 
+def oidc_provider_path(issuer: str) -> str:
+    """How IAM names the OIDC provider of ``issuer``: its URL without the scheme (``oidc.eks…/id/…``)."""
+    return issuer.removeprefix("https://").rstrip("/")
+
+
+def oidc_provider_arn(issuer: str, *, account_id: str, region: str) -> str:
+    """The ARN IAM gives the account's OIDC provider for ``issuer`` (the one the EKS build makes)."""
+    return f"arn:{partition(region)}:iam::{account_id}:oidc-provider/{oidc_provider_path(issuer)}"
+
+
 def web_identity_trust(*, issuer: str, subject: str, account_id: str, region: str) -> str:
-    """A trust policy letting ``subject`` assume the role through the OIDC provider of ``issuer``."""
-    provider = issuer.removeprefix("https://").rstrip("/")
+    """A trust policy letting ``subject`` assume the role through the account's OIDC provider for ``issuer``."""
+    provider = oidc_provider_path(issuer)
     statement = {
         "Effect": "Allow",
-        "Principal": {"Federated": f"arn:{partition(region)}:iam::{account_id}:oidc-provider/{provider}"},
+        "Principal": {"Federated": oidc_provider_arn(issuer, account_id=account_id, region=region)},
         "Action": "sts:AssumeRoleWithWebIdentity",
-        "Condition": {"StringEquals": {f"{provider}:sub": subject, f"{provider}:aud": _AUDIENCE}},
+        "Condition": {"StringEquals": {f"{provider}:sub": subject, f"{provider}:aud": AUDIENCE}},
     }
     return policy_document(statement)
 

@@ -6,11 +6,12 @@ and its id and kept once recorded, so a retry, a duplicate message or a
 rename finds what an interrupted attempt made instead of making another.
 Then, each step idempotent: the bucket in the account's region, its tags,
 its public access (all blocked, unless the definition allows public reads:
-then a public-read bucket policy), and an IAM role with an inline policy on
-the bucket's objects. The workload's service account assumes the role
-through its EKS cluster's OIDC provider (IRSA) when the workload runs on an
-EKS runtime whose OIDC issuer is known; otherwise the role trusts the
-account root, and the status says so. The status also carries the
+then a public-read bucket policy), and an IAM role (looked up before it is
+made: :func:`tasks.aws_irsa.ensure_role`) with an inline policy on the
+bucket's objects. The workload's service account assumes the role through
+its EKS cluster's OIDC provider (IRSA) when the workload runs on an EKS
+runtime whose OIDC issuer is known; otherwise the role trusts the account
+root, and the status says so. The status also carries the
 environment variable that tells the workload the bucket's name (``env``).
 Deletion empties the bucket (every object version), deletes it, then the
 role policy and the role, tolerating what is already gone.
@@ -35,6 +36,8 @@ __all__ = ["bucket_name", "role_name", "reconcile_bucket", "delete_bucket", "ROL
 
 #: The role's inline policy: what the workload may do with the bucket.
 ROLE_POLICY_NAME = "threeport-bucket-access"
+#: The role's description, as IAM shows it.
+ROLE_DESCRIPTION = "A threeport workload's access to its S3 bucket."
 #: What the workload may do with the bucket's objects, and with the bucket itself.
 OBJECT_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
 BUCKET_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads")
@@ -71,7 +74,7 @@ def reconcile_bucket(instance: AwsObjectStorageBucketInstance) -> None:
     _set_public_access(aws, target, public=definition.public_read_access)
 
     trust, how = _trust_policy(workload, definition, account, aws.region)
-    inventory["role_arn"] = _ensure_role(aws, role, trust=trust, tags=tags)
+    inventory["role_arn"] = aws_irsa.ensure_role(aws, role, trust=trust, tags=tags, description=ROLE_DESCRIPTION)
     policy = _access_policy(bucket, aws.region)
     aws.call("iam", "put_role_policy", RoleName=role, PolicyName=inventory["role_policy"], PolicyDocument=policy)
     env = {definition.workload_bucket_env_var: bucket}
@@ -195,7 +198,7 @@ def _trust_policy(
             "cluster whose OIDC issuer is known, so its service account cannot assume the role by itself (IRSA)"
         )
         return aws_irsa.policy_document(statement), how
-    provider = issuer.removeprefix("https://").rstrip("/")
+    provider = aws_irsa.oidc_provider_path(issuer)
     namespace = _service_account_namespace(workload, definition.workload_service_account_name)
     subject = aws_irsa.service_account_subject(namespace, definition.workload_service_account_name)
     trust = aws_irsa.web_identity_trust(issuer=issuer, subject=subject, account_id=account.account_id, region=region)
@@ -224,24 +227,6 @@ def _service_account_namespace(workload: WorkloadInstance, service_account: str)
                 return metadata["namespace"]
     namespaces = [(d.get("metadata") or {}).get("name") for d in documents if d.get("kind") == "Namespace"]
     return namespaces[0] if len(namespaces) == 1 and namespaces[0] else "default"
-
-
-def _ensure_role(aws: Aws, role: str, *, trust: str, tags: dict[str, str]) -> str:
-    """Create the role, or bring the existing one's trust policy and tags up to date: its ARN."""
-    try:
-        answer = aws.call(
-            "iam",
-            "create_role",
-            RoleName=role,
-            AssumeRolePolicyDocument=trust,
-            Description="A threeport workload's access to its S3 bucket.",
-            Tags=tag_list(tags),
-        )
-        return answer["Role"]["Arn"]
-    except AwsConflict:  # made by an earlier attempt
-        aws.call("iam", "update_assume_role_policy", RoleName=role, PolicyDocument=trust)
-        aws.call("iam", "tag_role", RoleName=role, Tags=tag_list(tags))
-        return aws.call("iam", "get_role", RoleName=role)["Role"]["Arn"]
 
 
 # Policy documents -----------------------------------------------------------------

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import base64
 import collections
+import concurrent.futures
+import hashlib
+import http.client
+import json
+import re
+import socket
+import ssl
+import threading
 import time
 import urllib.parse
 from typing import Any
@@ -27,12 +35,16 @@ from models import (
     store,
 )
 from models.base import ReconciledModel
-from tasks import aws_eks
+from tasks import aws_eks, aws_irsa
+from tasks import aws_eks_oidc as oidc
 from tasks.actor import declare_actors
-from tasks.aws_adapter import TAG_ID, TAG_KIND
+from tasks.aws_adapter import TAG_ID, TAG_KIND, Aws, AwsUnavailable, RetryPolicy
+from tasks.aws_eks_build import Build
 from workers.outbox_relay import publish_rows
 
 from .aws import ACCESS_KEYS, ACCOUNT_ID
+from .aws_faults import AwsRequest
+from .kube import TlsMaterial
 from .reconciling import wait_for
 
 #: The real ``threeport worker`` with short lock TTL, ack wait and poll delay (see the helper).
@@ -140,6 +152,14 @@ class Cloud:
         clusters = [self.eks.describe_cluster(name=name)["cluster"] for name in self.eks.list_clusters()["clusters"]]
         return [c for c in clusters if c.get("tags", {}).get(TAG_ID) == str(obj_id)]
 
+    def oidc_providers(self, obj_id) -> list[dict]:
+        """The IAM OIDC providers tagged with ``obj_id``, each as IAM describes it, with its ``Arn``."""
+        arns = [item["Arn"] for item in self.iam.list_open_id_connect_providers()["OpenIDConnectProviderList"]]
+        providers = [
+            {"Arn": arn, **self.iam.get_open_id_connect_provider(OpenIDConnectProviderArn=arn)} for arn in arns
+        ]
+        return [p for p in providers if tags_of(p).get(TAG_ID) == str(obj_id)]
+
     def node_groups(self, obj_id) -> list[dict]:
         groups = [
             self.eks.describe_nodegroup(clusterName=cluster, nodegroupName=name)["nodegroup"]
@@ -161,6 +181,7 @@ class Cloud:
             "security_groups": len(self.ec2_tagged("describe_security_groups", "SecurityGroups", obj_id)),
             "roles": len(self.roles(obj_id)),
             "clusters": len(self.clusters(obj_id)),
+            "oidc_providers": len(self.oidc_providers(obj_id)),
             "node_groups": len(self.node_groups(obj_id)),
         }
 
@@ -181,6 +202,7 @@ def built(zones: int) -> dict[str, int]:
         "security_groups": 1,
         "roles": 2,
         "clusters": 1,
+        "oidc_providers": 1,
         "node_groups": 1,
     }
 
@@ -189,6 +211,7 @@ NOTHING = dict.fromkeys(built(2), 0)
 #: The first request of each teardown step, in the order they must come.
 TEARDOWN_ORDER = (
     "DeleteNodegroup",
+    "DeleteOpenIDConnectProvider",
     "DeleteCluster",
     "DetachRolePolicy",
     "DeleteRole",
@@ -280,6 +303,19 @@ def test_an_eks_runtime_is_built_tagged_and_fills_in_its_kubernetes_runtime(brok
     assert (inventory["vpc_id"], inventory["nat_gateway_id"]) == (vpc["VpcId"], nat["NatGatewayId"])
     assert set(inventory["public_subnet_ids"]) == public and set(inventory["private_subnet_ids"]) == private
 
+    # And the account has an IAM OIDC provider for the cluster's issuer, for STS's audience, tagged as made for it
+    issuer = cluster["identity"]["oidc"]["issuer"]
+    [provider] = cloud.oidc_providers(obj.id)
+    assert provider["Url"] == issuer.removeprefix("https://") and provider["ClientIDList"] == ["sts.amazonaws.com"]
+    [thumbprint] = provider["ThumbprintList"]
+    assert re.fullmatch("[0-9a-f]{40}", thumbprint)  # its issuer's root CA's, or the one AWS documents for EKS
+    assert (tags_of(provider)[TAG_KIND], tags_of(provider)[aws_eks.TAG_PART]) == (Instance.kind, "oidc-provider")
+    assert inventory["oidc_provider_arn"] == provider["Arn"]
+    # And it is the very provider the roles of the cluster's service accounts trust (IRSA)
+    subject = aws_irsa.service_account_subject("shop", "web")
+    trust = aws_irsa.web_identity_trust(issuer=issuer, subject=subject, account_id=ACCOUNT_ID, region=REGION)
+    assert json.loads(trust)["Statement"][0]["Principal"] == {"Federated": provider["Arn"]}
+
     # And a KubernetesRuntimeInstance named after it was made, linked and filled in
     runtime = store.get(KubernetesRuntimeInstance, result.kubernetes_runtime_instance_id)
     assert (runtime.name, runtime.location, runtime.api_endpoint) == ("prod", REGION, cluster["endpoint"])
@@ -327,6 +363,7 @@ def test_deleting_tears_everything_down_in_reverse_order_and_removes_the_row(
     wait_for(lambda: gone(obj.id))
     assert cloud.counts(obj.id) == NOTHING
     assert cloud.iam.list_roles()["Roles"] == [] and cloud.eks.list_clusters()["clusters"] == []
+    assert cloud.iam.list_open_id_connect_providers()["OpenIDConnectProviderList"] == []
 
     # And it went in the reverse order of the build
     deletes = [r for r in aws_proxy.requests if r.startswith(("Delete", "Release", "Detach", "Disassociate"))]
@@ -449,6 +486,52 @@ def test_a_worker_killed_mid_step_leaves_no_duplicates(broker, start_worker, aws
     assert KubernetesRuntimeInstance.select().count() == 1
 
 
+def build_of(obj: Instance, *, attempts: int = 6) -> Build:
+    """What one reconcile of ``obj`` works with, its AWS calls tried ``attempts`` times."""
+    definition = store.get(AwsEksKubernetesRuntimeDefinition, obj.aws_eks_kubernetes_runtime_definition_id)
+    account = store.get(AwsAccount, definition.aws_account_id)
+    aws = Aws.for_account(account, REGION, retry=RetryPolicy(attempts=attempts, initial=0.01))
+    return Build(store.get(Instance, obj.id), definition, aws, poll_delay=0.2)
+
+
+def deliver(request: AwsRequest, endpoint: str) -> None:
+    """Send a request the proxy holds straight to moto, as it came: AWS carries it out."""
+    url = urllib.parse.urlsplit(endpoint)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        connection.request(request.method, f"{request.path}?{request.query}", request.body, request.headers)
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+def test_an_oidc_provider_made_by_a_reconcile_that_died_is_found_not_made_again(database, aws_proxy, aws_endpoint):
+    # Given an instance, its cluster ACTIVE as EKS describes it, and IAM holding the request that makes its provider
+    obj = store.create(
+        Instance, {"name": "prod", "aws_eks_kubernetes_runtime_definition_id": given_a_definition(aws_proxy.url).id}
+    ).obj
+    issuer = "https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+    cluster = {"name": aws_eks.resource_names(obj)["cluster"], "identity": {"oidc": {"issuer": issuer}}}
+    aws_proxy.hold("CreateOpenIDConnectProvider")
+
+    # When a reconcile asks for the provider and dies before hearing back: IAM makes it, the answer goes nowhere
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        doomed = pool.submit(oidc.oidc_provider, build_of(obj, attempts=1), cluster)
+        deliver(aws_proxy.wait_held(timeout=10), aws_endpoint)
+        aws_proxy.release(drop=True)
+        with pytest.raises(AwsUnavailable):
+            doomed.result(timeout=10)
+    assert "oidc_provider_arn" not in store.get(Instance, obj.id).status.get("inventory", {})
+
+    # And the object is reconciled again
+    arn = oidc.oidc_provider(build_of(obj), cluster)
+
+    # Then the provider IAM made is the one: found for the issuer and recorded, none made again
+    [provider] = Cloud(aws_endpoint).oidc_providers(obj.id)
+    assert provider["Arn"] == arn == store.get(Instance, obj.id).status["inventory"]["oidc_provider_arn"]
+    assert aws_proxy.count("CreateOpenIDConnectProvider") == 1
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -461,6 +544,38 @@ def test_the_clusters_ca_data_becomes_pem(data):
     lines = pem.strip().splitlines()
     assert lines[0] == "-----BEGIN CERTIFICATE-----" and lines[-1] == "-----END CERTIFICATE-----"
     assert all(len(line) <= 64 for line in lines)
+
+
+def test_an_issuers_thumbprint_is_of_the_last_certificate_it_presents(tmp_path):
+    # Given an OIDC issuer served over TLS, presenting its certificate and then its CA's
+    material = TlsMaterial.generate()
+    (tmp_path / "chain.pem").write_text(material.server_certificate + material.ca)
+    (tmp_path / "key.pem").write_text(material.server_key)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(tmp_path / "chain.pem", tmp_path / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    issuer = f"https://127.0.0.1:{listener.getsockname()[1]}/id/EXAMPLE"
+
+    def serve(handshakes: int) -> None:
+        for _ in range(handshakes):
+            connection, _ = listener.accept()
+            try:
+                served.wrap_socket(connection, server_side=True).close()
+            except OSError:
+                connection.close()  # a client that did not trust it
+
+    threading.Thread(target=serve, args=(2,), daemon=True).start()
+
+    # When its thumbprint is taken by a client trusting that CA, then it is the SHA-1 of the CA's certificate
+    trusting = ssl.create_default_context(cadata=material.ca)
+    ca = hashlib.sha1(ssl.PEM_cert_to_DER_cert(material.ca)).hexdigest()
+    assert oidc.issuer_thumbprint(issuer, context=trusting, timeout=5) == ca
+
+    # When the chain cannot be verified, or the issuer not reached, then it is the one AWS documents for EKS
+    assert oidc.issuer_thumbprint(issuer, timeout=5) == oidc.EKS_OIDC_THUMBPRINT
+    listener.close()
+    assert oidc.issuer_thumbprint(issuer, timeout=5) == oidc.EKS_OIDC_THUMBPRINT
+    assert oidc.issuer_thumbprint("https://oidc.eks.invalid/id/EXAMPLE", timeout=5) == oidc.EKS_OIDC_THUMBPRINT
 
 
 def test_an_eks_runtime_is_reached_with_iam_tokens_presigned_for_its_cluster(database):
