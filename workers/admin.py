@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import nats.js.errors
+
 from .broker import JetStreamBroker, QueueStats
 from .dead_letters import DeadLetter, purge, read, replay
 from .errors import JetStreamError
@@ -67,14 +69,7 @@ class QueueAdmin:
     def retry(self, queue: str, ids: Optional[Sequence[str]] = None) -> RetryReport:
         """Replay dead letters of ``queue``: those named by id (message id or ``seq:N``), or all."""
         report = RetryReport()
-        letters = self.dead_letters(queue, limit=None)
-        if ids is not None:
-            wanted = set(ids)
-            chosen = [letter for letter in letters if {letter.message_id, f"seq:{letter.seq}"} & wanted]
-            found = {letter.message_id for letter in chosen} | {f"seq:{letter.seq}" for letter in chosen}
-            report.missing = [i for i in ids if i not in found]
-        else:
-            chosen = letters
+        chosen, report.missing = _chosen(self.dead_letters(queue, limit=None), ids)
 
         if not chosen:
             return report
@@ -117,6 +112,25 @@ class QueueAdmin:
 
         return self.broker.connection.run(purge_letters, doing=f"purge dead letters of {queue!r}")
 
+    def drop_dead(self, queue: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Delete the dead letters of ``queue`` named by id (message id or ``seq:N``); returns (dropped, missing)."""
+        chosen, missing = _chosen(self.dead_letters(queue, limit=None), ids)
+        dropped: list[str] = []
+
+        async def drop() -> None:
+            js = await self.broker.connection.jetstream()
+            for letter in chosen:
+                try:
+                    await js.delete_msg(self.names.dead_stream, letter.seq)
+                except nats.js.errors.NotFoundError:  # retried or dropped meanwhile
+                    missing.append(letter.message_id)
+                else:
+                    dropped.append(letter.message_id)
+
+        if chosen:
+            self.broker.connection.run(drop, doing=f"drop dead letters of {queue!r}", timeout=60)
+        return dropped, missing
+
     def delete_streams(self) -> list[str]:
         """Delete every stream under the prefix (queues, dead letters, presence): a deployment's teardown."""
 
@@ -129,3 +143,13 @@ class QueueAdmin:
             return names
 
         return self.broker.connection.run(delete, doing="delete streams", timeout=30)
+
+
+def _chosen(letters: list[DeadLetter], ids: Optional[Sequence[str]]) -> tuple[list[DeadLetter], list[str]]:
+    """The letters named by ``ids`` (message id or ``seq:N``; all when None), and the ids that name none."""
+    if ids is None:
+        return letters, []
+    wanted = set(ids)
+    chosen = [letter for letter in letters if {letter.message_id, f"seq:{letter.seq}"} & wanted]
+    found = {letter.message_id for letter in chosen} | {f"seq:{letter.seq}" for letter in chosen}
+    return chosen, [i for i in ids if i not in found]
