@@ -1,10 +1,12 @@
-"""Request middleware: request ids, bearer-token auth, body limits and content types.
+"""Request middleware: tracing, request ids, bearer-token auth, body limits and content types.
 
 Each is a small class with Falcon's ``process_request`` hook, applied in the
 order request id → auth → body limit → content type, so every rejection
 already carries a request id and unauthenticated clients learn nothing about
 what the body would have done. The request id is also bound into the log
 context for the request's duration, so every line logged meanwhile carries it.
+:class:`Tracing`, first of all while tracing is on, makes each request a
+server span that the outbox rows written meanwhile remember.
 """
 
 from __future__ import annotations
@@ -17,12 +19,43 @@ import uuid
 import falcon
 import structlog
 
+from workers import tracing
+
 from .settings import hash_token
 
-__all__ = ["RequestId", "BearerAuth", "BodyLimit", "RequireJson"]
+__all__ = ["Tracing", "RequestId", "BearerAuth", "BodyLimit", "RequireJson"]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class Tracing:
+    """A server span per request (``POST /v0/workload-definitions``) while tracing is on; nothing otherwise.
+
+    It continues the trace of the client's ``traceparent`` header, and is
+    current while the request is handled, so the outbox rows written
+    meanwhile keep its context. It ends with the route template (as the
+    metrics label it) and the status; a 5xx marks it failed.
+    """
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not tracing.enabled():
+            return
+        attributes = {"http.request.method": req.method, "url.path": req.path}
+        req.context.trace_span = tracing.begin(req.method, kind="server", attributes=attributes, headers=req.headers)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        opened = req.context.get("trace_span")
+        if opened is None:
+            return
+        req.context.trace_span = None
+        route = req.uri_template or req.context.get("route_template")
+        if route:
+            opened.rename(f"{req.method} {route}")
+            opened.set_attribute("http.route", route)
+        opened.set_attribute("http.response.status_code", resp.status_code)
+        opened.set_attribute("threeport.request_id", req.context.get("request_id"))
+        opened.end(failed=resp.status_code >= 500)
 
 
 class RequestId:

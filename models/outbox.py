@@ -7,18 +7,34 @@ once; the relay publishes whatever is left after a few seconds. Its ``id``
 is the ``Nats-Msg-Id`` of that publish, so JetStream's duplicate window
 drops the second of two publishes of one row; a row is deleted only after
 the PubAck. ``created_at`` is indexed for the relay's oldest-first scan.
+While tracing is on, a row also keeps the trace context of the change that
+wrote it (:data:`TRACE_KEY`), which its message carries on.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Callable, Optional
 
 import peewee
 from playhouse.postgres_ext import BinaryJSONField
 
 from .base import BaseModel, ReconciledModel, UTCDateTimeField, utcnow
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "TRACE_KEY", "set_trace_context"]
+
+#: The payload key holding the W3C trace context (``traceparent``, ``tracestate``) of the change that wrote the
+#: row; the message carries it in its options, not in the actor's arguments.
+TRACE_KEY = "_trace"
+
+#: Gives the current trace context to keep with a row ({} for none); None while tracing is off.
+_trace_context: Optional[Callable[[], dict[str, str]]] = None
+
+
+def set_trace_context(source: Optional[Callable[[], dict[str, str]]]) -> None:
+    """Keep ``source()``'s trace context with every row made from now on (None: keep none); set by the tracing."""
+    global _trace_context
+    _trace_context = source
 
 
 class Outbox(BaseModel):
@@ -32,7 +48,7 @@ class Outbox(BaseModel):
     object_id = peewee.UUIDField()
     generation = peewee.BigIntegerField()
     created_at = UTCDateTimeField(default=utcnow, index=True)
-    #: The actor's keyword arguments.
+    #: The actor's keyword arguments (and the trace context under :data:`TRACE_KEY`).
     payload = BinaryJSONField(default=dict)
 
     class Meta:
@@ -41,11 +57,15 @@ class Outbox(BaseModel):
     @classmethod
     def for_object(cls, obj: ReconciledModel) -> "Outbox":
         """A row (not saved yet) asking ``obj``'s actor to reconcile its current generation."""
+        payload = {"kind": obj.kind, "object_id": str(obj.id), "generation": obj.generation}
+        trace = _trace_context() if _trace_context is not None else None
+        if trace:
+            payload[TRACE_KEY] = trace
         return cls(
             queue=obj.queue,
             actor=obj.actor,
             kind=obj.kind,
             object_id=obj.id,
             generation=obj.generation,
-            payload={"kind": obj.kind, "object_id": str(obj.id), "generation": obj.generation},
+            payload=payload,
         )

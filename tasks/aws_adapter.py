@@ -21,7 +21,9 @@ region: ``aws.call("ec2", "create_vpc", CidrBlock=…)`` and
 
 Every resource a reconciler creates is tagged with :func:`tags_for` (the
 threeport object's kind and id), so a retry can find what an earlier,
-interrupted attempt made instead of making it again.
+interrupted attempt made instead of making it again. While tracing is on,
+each call (its retries included) is a client span ``<service>/<operation>``
+naming the region and, when it fails, AWS's error code.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import tenacity
 
 from models.aws import AwsAccount
 from models.base import ReconciledModel
+from workers import tracing
 
 from .errors import PermanentError, ReconcileError, TemporaryError
 
@@ -374,13 +377,22 @@ class Aws:
             wait=tenacity.wait_random_exponential(multiplier=self.retry.initial, max=self.retry.ceiling),
             reraise=True,
         )
-        try:
-            return retrying(fn)
-        except Exception as exc:
-            translated = translate(exc, what)
-            if translated is None:
-                raise
-            raise translated from exc
+        with _call_span(what, self.region) as span:
+            try:
+                return retrying(fn)
+            except Exception as exc:
+                translated = translate(exc, what)
+                if translated is None:
+                    raise
+                span.set_attribute("aws.error.code", translated.code or type(translated).__name__)
+                raise translated from exc
+
+
+def _call_span(what: str, region: str):
+    """The client span of one call, ``what`` being ``service:operation`` (a no-op while tracing is off)."""
+    service, _, operation = what.partition(":")
+    attributes = {"rpc.system": "aws-api", "rpc.service": service, "rpc.method": operation, "cloud.region": region}
+    return tracing.span(f"{service}/{operation}", kind="client", attributes=attributes)
 
 
 def _code(exc: BaseException) -> str:

@@ -23,7 +23,9 @@ short-lived tokens such as EKS's IAM tokens plug in. Every call:
   object, a kind the cluster does not serve: the object shows why, no
   retry), :class:`KubernetesUnavailable` (unreachable or still failing after
   the retries: the object is requeued with backoff), :class:`KubernetesError`
-  for the rest.
+  for the rest;
+- is, while tracing is on, a client span (``apply Deployment``, ``list Node``)
+  naming the verb, kind, namespace and the HTTP status of the last attempt.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+
+from workers import tracing
 
 from .errors import PermanentError, ReconcileError, TemporaryError
 
@@ -231,7 +235,7 @@ class Cluster:
 
     def server_version(self) -> dict[str, Any]:
         """The API server's ``/version``: ``gitVersion``, ``major``, ``minor``, ``platform``…"""
-        return self._request("GET", "/version", what="read the server version")
+        return self._request("GET", "/version", what="read the server version", verb="get", kind="version")
 
     def node_count(self) -> int:
         """How many nodes the cluster has."""
@@ -247,7 +251,8 @@ class Cluster:
         """The live object; KubernetesNotFound when it does not exist."""
         resource = self._resource(api_version, kind)
         path = resource.path(namespace=namespace or "default", name=name)
-        return self._request("GET", path, what=f"get {kind} {_where(namespace, name, resource)}")
+        what = f"get {kind} {_where(namespace, name, resource)}"
+        return self._request("GET", path, what=what, resource=resource, namespace=namespace or "default")
 
     def find(self, api_version: str, kind: str, name: str, namespace: Optional[str] = None) -> Optional[dict[str, Any]]:
         """The live object, or None when it does not exist."""
@@ -289,8 +294,10 @@ class Cluster:
             query["labelSelector"] = label_selector
         if field_selector:
             query["fieldSelector"] = field_selector
+        what = f"list {kind} in {namespace or 'all namespaces'}"
+        span = dict(verb="list", resource=resource, namespace=namespace)
         while True:
-            page = self._request("GET", path, query=query, what=f"list {kind} in {namespace or 'all namespaces'}")
+            page = self._request("GET", path, query=query, what=what, **span)
             for item in page.get("items") or []:
                 yield {"apiVersion": api_version, "kind": kind, **item}
             token = (page.get("metadata") or {}).get("continue")
@@ -323,7 +330,8 @@ class Cluster:
         path = resource.path(namespace=metadata.get("namespace"), name=name)
         query = {"fieldManager": FIELD_MANAGER, "force": "true"}
         what = f"apply {kind} {_where(metadata.get('namespace'), name, resource)}"
-        return self._request("PATCH", path, query=query, body=body, content_type=_APPLY_PATCH, what=what)
+        span = dict(verb="apply", resource=resource, namespace=metadata.get("namespace"))
+        return self._request("PATCH", path, query=query, body=body, content_type=_APPLY_PATCH, what=what, **span)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create ``obj``; KubernetesConflict when it exists already (not retried)."""
@@ -332,7 +340,8 @@ class Cluster:
         namespace = metadata.get("namespace") or "default"
         what = f"create {obj['kind']} {_where(namespace, metadata.get('name'), resource)}"
         path = resource.path(namespace=namespace)
-        return self._request("POST", path, body=obj, what=what, retry_conflicts=False)
+        span = dict(resource=resource, namespace=namespace)
+        return self._request("POST", path, body=obj, what=what, retry_conflicts=False, **span)
 
     def delete(self, api_version: str, kind: str, name: str, namespace: Optional[str] = None) -> bool:
         """Ask for the object's deletion (its dependents go in the background): whether it was there."""
@@ -344,6 +353,8 @@ class Cluster:
                 path,
                 query={"propagationPolicy": "Background"},
                 what=f"delete {kind} {_where(namespace, name, resource)}",
+                resource=resource,
+                namespace=namespace or "default",
             )
         except KubernetesNotFound:
             return False
@@ -383,7 +394,7 @@ class Cluster:
         group, version = split_api_version(api_version)
         path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
         try:
-            listing = self._request("GET", path, what=f"discover {api_version}")
+            listing = self._request("GET", path, what=f"discover {api_version}", verb="discover", kind=api_version)
         except KubernetesNotFound:
             raise KubernetesUnknownKind(
                 f"the cluster at {self.endpoint} serves no API {api_version}", status=404
@@ -409,9 +420,19 @@ class Cluster:
         body: Any = None,
         content_type: str = _JSON,
         retry_conflicts: bool = True,
+        verb: Optional[str] = None,
+        kind: str = "",
+        resource: Optional[_Resource] = None,
+        namespace: Optional[str] = None,
     ) -> Any:
+        """One call, retried and translated; ``verb`` (the method's by default), ``kind`` (or ``resource``'s) and
+        ``namespace`` (none for a kind that lives outside namespaces) name its span."""
+        if resource is not None:
+            kind = resource.kind
+            namespace = namespace if resource.namespaced else None
+
         def call() -> Any:
-            return self._api.call_api(
+            data, status, _ = self._api.call_api(
                 path,
                 method,
                 query_params=list((query or {}).items()),
@@ -419,10 +440,12 @@ class Cluster:
                 body=body,
                 auth_settings=["BearerToken"],
                 response_types_map={200: "object", 201: "object", 202: "object"},
-                _return_http_data_only=True,
+                _return_http_data_only=False,
                 _preload_content=True,
                 _request_timeout=(self.retry.connect_timeout, self.retry.read_timeout),
             )
+            span.set_attribute("http.response.status_code", status)  # the span below is open while this runs
+            return data
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda exc: _is_transient(exc, retry_conflicts=retry_conflicts)),
@@ -430,13 +453,16 @@ class Cluster:
             wait=tenacity.wait_random_exponential(multiplier=self.retry.initial, max=self.retry.ceiling),
             reraise=True,
         )
-        try:
-            return retrying(call)
-        except Exception as exc:
-            translated = _translate(_unwrapped(exc), f"{what} at {self.endpoint}", retried=self.retry.attempts)
-            if translated is None:
-                raise
-            raise translated from exc
+        with _request_span(verb or _VERBS.get(method, method.lower()), kind, namespace, self.endpoint) as span:
+            try:
+                return retrying(call)
+            except Exception as exc:
+                translated = _translate(_unwrapped(exc), f"{what} at {self.endpoint}", retried=self.retry.attempts)
+                if translated is None:
+                    raise
+                if translated.status:
+                    span.set_attribute("http.response.status_code", translated.status)
+                raise translated from exc
 
     # Client configuration ---------------------------------------------------------------
 
@@ -480,6 +506,16 @@ def _set_token(configuration: kubernetes.client.Configuration, token: str) -> No
     value = f"Bearer {token}" if token else ""
     configuration.api_key = {"BearerToken": value, "authorization": value}
     configuration.api_key_prefix = {}
+
+
+#: The verb of a request's span when the caller names none.
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def _request_span(verb: str, kind: str, namespace: Optional[str], endpoint: str):
+    """The client span of one request (a no-op while tracing is off)."""
+    attributes = {"k8s.verb": verb, "k8s.kind": kind, "k8s.namespace.name": namespace, "server.address": endpoint}
+    return tracing.span(f"{verb} {kind}".strip(), kind="client", attributes=attributes)
 
 
 def _where(namespace: Optional[str], name: Optional[str], resource: _Resource) -> str:

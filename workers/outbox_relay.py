@@ -3,7 +3,8 @@
 A row becomes a message for its actor on its queue, with the row id as the
 ``Nats-Msg-Id``; the row is deleted only after its PubAck. Publishing the
 same row twice (fast path and relay racing) enqueues it once, because the
-second publish falls inside JetStream's duplicate window.
+second publish falls inside JetStream's duplicate window. The trace context
+a row keeps becomes the message's ``traceparent`` (and ``tracestate``) options.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 from dramatiq.message import Message
 
 from models import store
-from models.outbox import Outbox
+from models.outbox import TRACE_KEY, Outbox
 
 from .broker import JetStreamBroker, PartialEnqueue
 
@@ -25,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 def message_for(row: Outbox) -> Message:
     """The Dramatiq message an outbox row stands for."""
-    return Message(queue_name=row.queue, actor_name=row.actor, args=(), kwargs=dict(row.payload), options={})
+    kwargs = dict(row.payload)
+    options = dict(kwargs.pop(TRACE_KEY, None) or {})
+    return Message(queue_name=row.queue, actor_name=row.actor, args=(), kwargs=kwargs, options=options)
 
 
 def publish_rows(broker: JetStreamBroker, rows: Sequence[Outbox]) -> int:
