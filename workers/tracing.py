@@ -15,6 +15,7 @@ the ``tracing`` extra or without the ``OTEL_*`` variables runs as before.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -85,11 +86,13 @@ def configure(*exporters: Any, service_name: str = "threeport", batch: bool = Tr
 
     global _state
     shutdown()
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), shutdown_on_exit=False)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     _state = _State(provider, service_name)
     outbox.set_trace_context(carrier)
+    atexit.unregister(shutdown)
+    atexit.register(shutdown)  # once, whatever the number of calls: the last spans go out at exit
 
 
 def configure_from_env(service_name: str, environ: Mapping[str, str] = os.environ) -> bool:
