@@ -151,7 +151,8 @@ def _build(app: falcon.App, *, kinds: Iterable[type[KindModel]], open_paths: fro
             "description": _DESCRIPTION,
         },
         "tags": [{"name": m.kind, "description": m.summary or m.kind} for m in kinds]
-        + [{"name": "API", "description": "Probes, versions and what this API serves."}],
+        + [{"name": "API", "description": "Probes, versions and what this API serves."}]
+        + [{"name": "Operations", "description": _OPERATIONS_TAG}],
         "paths": paths,
         "components": _components(kinds),
         "security": [{"bearer": []}],
@@ -175,8 +176,8 @@ def _openapi_path(template: str) -> str:
 def _path_parameters(path: str) -> list[dict[str, Any]]:
     parameters = []
     for name in re.findall(r"{(\w+)}", path):
-        if name == "object_id":
-            parameters.append({"$ref": "#/components/parameters/object_id"})
+        if name in ("object_id", "queue"):
+            parameters.append({"$ref": f"#/components/parameters/{name}"})
         else:
             parameters.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
     return parameters
@@ -496,7 +497,109 @@ _metrics = _text_answer(
 )
 
 
+_OPERATIONS_TAG = (
+    "The work queues, their dead letters and the live workers, as `threeport queues` and `threeport workers` "
+    "show them; 503 when NATS does not answer or the API runs without it."
+)
+
+
+def _queues_operation(
+    operation_id: str, summary: str, answer: str, *, description: str, problems: Iterable[str] = (), **extra: Any
+) -> Callable[[], dict[str, Any]]:
+    """An operation on the queues or workers: a JSON ``answer`` (a component schema), and 503 when NATS is away."""
+
+    def build() -> dict[str, Any]:
+        operation = {
+            "operationId": operation_id,
+            "summary": summary,
+            "description": description,
+            "tags": ["Operations"],
+            "responses": {
+                "200": {"description": summary, "content": {"application/json": {"schema": schema_ref(answer)}}},
+                **_problems(*problems, "503"),
+            },
+        }
+        operation.update(extra)
+        return operation
+
+    return build
+
+
+_DEAD_LETTER_CHOICE = {
+    "description": 'Which dead letters: `{"ids": [...]}` (message ids, or `seq:N`) or `{"all": true}`.',
+    "content": {"application/json": {"schema": schema_ref("DeadLetterChoice")}},
+}
+
+_QUEUE_OPERATIONS: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
+    (f"/{API_VERSION}/queues", "get"): _queues_operation(
+        "listQueues",
+        "Every queue with its ready, delayed, in-flight and dead messages",
+        "QueueList",
+        description="Read from the queues' streams and consumers at each call, like `threeport queues`.",
+    ),
+    (f"/{API_VERSION}/queues/{{queue}}/dead-letters", "get"): _queues_operation(
+        "listDeadLetters",
+        "The dead letters of a queue: messages no worker could process",
+        "DeadLetterList",
+        description="Oldest first; `kind` and `object_id` name the object of a reconcile message.",
+        problems=("404", "422"),
+        parameters=[
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "description": "Show at most this many.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            }
+        ],
+    ),
+    (f"/{API_VERSION}/queues/{{queue}}/dead-letters", "delete"): _queues_operation(
+        "purgeDeadLetters",
+        "Drop dead letters of a queue for good",
+        "PurgeReport",
+        description='Choose them with the body (`{"ids": [...]}` or `{"all": true}`) or, without a body, '
+        "with the query (`?id=…&id=…` or `?all=true`).",
+        problems=("400", "404", "415", "422"),
+        parameters=[
+            {
+                "name": "id",
+                "in": "query",
+                "required": False,
+                "description": "A dead letter to drop (message id or `seq:N`); repeat for several.",
+                "schema": {"type": "array", "items": {"type": "string"}},
+                "style": "form",
+                "explode": True,
+            },
+            {
+                "name": "all",
+                "in": "query",
+                "required": False,
+                "description": "Drop every dead letter of the queue.",
+                "schema": {"type": "boolean", "default": False},
+            },
+        ],
+        requestBody={**_DEAD_LETTER_CHOICE, "required": False},
+    ),
+    (f"/{API_VERSION}/queues/{{queue}}/dead-letters/retry", "post"): _queues_operation(
+        "retryDeadLetters",
+        "Put dead letters back on their queue with a fresh retry budget",
+        "RetryReport",
+        description="Like `threeport queues retry`: ids that are not dead letters of the queue are reported as "
+        "missing, the others retried.",
+        problems=("400", "404", "415", "422"),
+        requestBody={**_DEAD_LETTER_CHOICE, "required": True},
+    ),
+    (f"/{API_VERSION}/workers", "get"): _queues_operation(
+        "listWorkers",
+        "The live worker processes, from their heartbeats",
+        "WorkerList",
+        description="Like `threeport workers`: a stopped worker's entry goes at once, a killed one's when its "
+        "heartbeat expires.",
+    ),
+}
+
 _API_OPERATIONS: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
+    **_QUEUE_OPERATIONS,
     ("/healthz", "get"): _json_answer("getHealth", "Whether the API process answers", "Health"),
     ("/readyz", "get"): _readiness,
     ("/version", "get"): _json_answer("getVersion", "The server's version and the API versions it serves", "Version"),
@@ -505,6 +608,9 @@ _API_OPERATIONS: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
     ),
     ("/openapi.json", "get"): _json_answer("getOpenApiDocument", "This OpenAPI document", "OpenApiDocument"),
     ("/docs", "get"): _docs,
+    ("/ui", "get"): _text_answer(
+        "getDashboard", "The dashboard: objects, queues and workers in a web page", "text/html", "An HTML page."
+    ),
     ("/metrics", "get"): _metrics,
 }
 
@@ -655,12 +761,136 @@ _SHARED_PARAMETERS: dict[str, Any] = {
         "description": "The object's id (any other text is a 404).",
         "schema": {"type": "string", "format": "uuid"},
     },
+    "queue": {
+        "name": "queue",
+        "in": "path",
+        "required": True,
+        "description": "The queue's name, e.g. `workloads` (a name without a stream is a 404).",
+        "schema": {"type": "string"},
+    },
     "If-Match": {
         "name": "If-Match",
         "in": "header",
         "required": False,
         "description": "The resource_version (ETag) the write expects; 412 when the object has moved on.",
         "schema": {"type": "string"},
+    },
+}
+
+
+def _count(description: str) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 0, "description": description}
+
+
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+_QUEUE_SCHEMAS: dict[str, Any] = {
+    "QueueList": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": schema_ref("QueueStats")}},
+        "required": ["items"],
+    },
+    "QueueStats": {
+        "type": "object",
+        "description": "What one queue holds right now.",
+        "properties": {
+            "queue": {"type": "string"},
+            "ready": _count("Messages waiting to be delivered."),
+            "delayed": _count("Messages scheduled for later (delays and retry backoff)."),
+            "in_flight": _count("Messages delivered to a worker and not acknowledged yet."),
+            "redelivered": _count("Messages delivered more than once."),
+            "dead": _count("Dead letters kept for this queue."),
+            "consumers": _count("Worker processes attached to the queue."),
+        },
+        "required": ["queue", "ready", "delayed", "in_flight", "redelivered", "dead", "consumers"],
+    },
+    "DeadLetterList": {
+        "type": "object",
+        "properties": {
+            "queue": {"type": "string"},
+            "items": {"type": "array", "items": schema_ref("DeadLetter")},
+            "truncated": {"type": "boolean", "description": "Whether there are more than `limit`."},
+        },
+        "required": ["queue", "items", "truncated"],
+    },
+    "DeadLetter": {
+        "type": "object",
+        "description": "A message no worker could process, kept for inspection and retry.",
+        "properties": {
+            "id": {"type": "string", "description": "The message id (`seq:N` for a body that is no message)."},
+            "seq": {"type": "integer", "description": "Its sequence in the dead-letter stream."},
+            "actor": {"type": "string"},
+            "kind": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": "The object's kind."},
+            "object_id": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": "The object's id."},
+            "args": {"anyOf": [{"type": "array"}, {"type": "null"}]},
+            "kwargs": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+            "reason": {
+                "type": "string",
+                "description": "`failed` (retries exhausted), `max-deliveries` (never acknowledged) or `undecodable`.",
+            },
+            "error": {"type": "string", "description": "The last error, on one line."},
+            "dead_at": {"type": "string", "format": "date-time"},
+            "deliveries": {"type": "integer", "minimum": 0},
+        },
+        "required": ["id", "seq", "actor", "kind", "object_id", "args", "kwargs", "reason", "error", "dead_at"],
+    },
+    "DeadLetterChoice": {
+        "type": "object",
+        "description": "Which dead letters: by id, or all of them (one of the two).",
+        "properties": {"ids": {**_STRINGS, "minItems": 1}, "all": {"type": "boolean"}},
+        "additionalProperties": False,
+    },
+    "RetryReport": {
+        "type": "object",
+        "properties": {
+            "queue": {"type": "string"},
+            "retried": {**_STRINGS, "description": "Ids put back on the queue."},
+            "missing": {**_STRINGS, "description": "Ids asked for that are not dead letters of the queue."},
+            "failed": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"id": {"type": "string"}, "reason": {"type": "string"}},
+                    "required": ["id", "reason"],
+                },
+                "description": "Dead letters that could not be retried, and why.",
+            },
+        },
+        "required": ["queue", "retried", "missing", "failed"],
+    },
+    "PurgeReport": {
+        "type": "object",
+        "properties": {
+            "queue": {"type": "string"},
+            "purged": _count("How many dead letters were dropped."),
+            "ids": {**_STRINGS, "description": "Ids dropped, when they were chosen by id."},
+            "missing": {**_STRINGS, "description": "Ids asked for that are not dead letters of the queue."},
+        },
+        "required": ["queue", "purged", "missing"],
+    },
+    "WorkerList": {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": schema_ref("Worker")}},
+        "required": ["items"],
+    },
+    "Worker": {
+        "type": "object",
+        "description": "One worker process, as its last heartbeat describes it.",
+        "properties": {
+            "id": {"type": "string", "description": "`<host>-<pid>`."},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "queues": _STRINGS,
+            "in_flight": _count("Messages its threads were processing."),
+            "started_at": {"type": "string", "format": "date-time"},
+            "heartbeat_at": {"type": "string", "format": "date-time"},
+            "age_seconds": {"type": "number", "description": "Seconds since that heartbeat, by this server's clock."},
+            "version": {"type": "string"},
+            "ready": {"type": "boolean", "description": "Whether every consumer of the worker was pulling."},
+            "state": {"enum": ["running", "stopping"]},
+            "ttl": {"type": "number", "description": "Seconds the entry lives without a newer heartbeat."},
+        },
+        "required": ["id", "host", "pid", "queues", "in_flight", "heartbeat_at", "age_seconds", "ready", "state"],
     },
 }
 
@@ -747,4 +977,5 @@ _SHARED_SCHEMAS: dict[str, Any] = {
         "required": ["kind", "plural", "path", "summary", "reconciled", "queue", "depends_on", "writable", "fields"],
     },
     "OpenApiDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
+    **_QUEUE_SCHEMAS,
 }
