@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from workers.replicas import DEFAULT_REPLICAS, replicas_from_env
+
 __all__ = ["Settings", "hash_token"]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/threeport"
@@ -33,6 +35,8 @@ class Settings:
     nats_url: str = DEFAULT_NATS_URL
     #: Namespace of the deployment's streams and subjects.
     nats_prefix: str = "threeport"
+    #: Replicas of the streams the API creates (queues, dead letters): 3 on a 3-node JetStream cluster.
+    nats_replicas: int = DEFAULT_REPLICAS
     #: SHA-256 hashes of the accepted bearer tokens.
     token_hashes: frozenset[str] = field(default_factory=frozenset)
     #: Largest request body accepted, in bytes (413 above it).
@@ -42,7 +46,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        """Read ``DATABASE_URL``, ``NATS_URL``, ``THREEPORT_PREFIX``, and the tokens:
+        """Read ``DATABASE_URL``, ``NATS_URL``, ``THREEPORT_PREFIX``, ``THREEPORT_NATS_REPLICAS``, and the tokens:
         ``THREEPORT_API_TOKEN`` (plain, hashed here) and ``THREEPORT_API_TOKEN_HASHES``
         (comma-separated SHA-256 hex digests), and ``THREEPORT_ENCRYPTION_KEY``."""
         hashes = {h.strip().lower() for h in env.get("THREEPORT_API_TOKEN_HASHES", "").split(",") if h.strip()}
@@ -52,6 +56,7 @@ class Settings:
             database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
             nats_url=env.get("NATS_URL", DEFAULT_NATS_URL),
             nats_prefix=env.get("THREEPORT_PREFIX", "threeport"),
+            nats_replicas=replicas_from_env(env),
             token_hashes=frozenset(hashes),
             encryption_keys=env.get("THREEPORT_ENCRYPTION_KEY", ""),
         )

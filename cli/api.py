@@ -7,10 +7,14 @@ threads, and stops gracefully on SIGTERM within ``--graceful-timeout``.
 
 from __future__ import annotations
 
+import os
+
 import typer
 from gunicorn.app.base import BaseApplication
 
 from api.app import get_app
+from workers.replicas import DEFAULT_REPLICAS
+from workers.replicas import ENV_VAR as REPLICAS_ENV
 
 DEFAULT_PORT = 1323
 
@@ -34,8 +38,16 @@ def serve(
     workers: int = typer.Option(2, envvar="THREEPORT_API_WORKERS", help="gunicorn worker processes."),
     threads: int = typer.Option(8, envvar="THREEPORT_API_THREADS", help="Threads per worker process."),
     graceful_timeout: int = typer.Option(20, help="Seconds to finish requests on SIGTERM."),
+    nats_replicas: int = typer.Option(
+        DEFAULT_REPLICAS,
+        "--nats-replicas",
+        envvar=REPLICAS_ENV,
+        min=1,
+        help="Replicas of the queue streams it creates (3 on a 3-node JetStream cluster).",
+    ),
 ) -> None:
     """Serve the HTTP API (DATABASE_URL, NATS_URL and THREEPORT_API_TOKEN from the environment)."""
+    os.environ[REPLICAS_ENV] = str(nats_replicas)  # what get_app() reads in every gunicorn worker
     _Gunicorn(
         {
             "bind": f"{host}:{port}",

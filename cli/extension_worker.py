@@ -30,6 +30,7 @@ def serve(
     api_url: str,
     api_token: str,
     shutdown_timeout: float,
+    replicas: int,
 ) -> None:
     """Run the controller of the extensions ``modules`` define until SIGTERM/SIGINT."""
     import dramatiq
@@ -55,7 +56,7 @@ def serve(
     with reported_errors():
         for extension in extensions:
             _register(extension, api)
-    broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-extension")
+    broker = JetStreamBroker(nats_url, prefix=prefix, replicas=replicas, name="threeport-extension")
     add_message_context(broker)  # log lines carry the message, kind and object ids
     broker.add_middleware(MessageMetrics())
     broker.add_middleware(Heartbeats())  # listed by `threeport workers` like the core's workers

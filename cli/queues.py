@@ -30,6 +30,8 @@ from workers.broker import JetStreamBroker, QueueStats
 from workers.dead_letters import DeadLetter
 from workers.errors import WorkersError
 from workers.naming import validate_queue_name
+from workers.replicas import DEFAULT_REPLICAS
+from workers.replicas import ENV_VAR as REPLICAS_ENV
 
 __all__ = ["app"]
 
@@ -63,9 +65,10 @@ class Output(str, Enum):
 class Session:
     """Where the queues live, and a broker to them opened only when a verb needs it."""
 
-    def __init__(self, *, nats_url: str, prefix: str, output: Output) -> None:
+    def __init__(self, *, nats_url: str, prefix: str, output: Output, replicas: int = DEFAULT_REPLICAS) -> None:
         self.nats_url = nats_url
         self.prefix = prefix
+        self.replicas = replicas
         self.output = output
         self._admin: Optional[QueueAdmin] = None
 
@@ -76,7 +79,9 @@ class Session:
     @property
     def admin(self) -> QueueAdmin:
         if self._admin is None:
-            broker = JetStreamBroker(self.nats_url, prefix=self.prefix, connect_timeout=CONNECT_TIMEOUT)
+            broker = JetStreamBroker(
+                self.nats_url, prefix=self.prefix, replicas=self.replicas, connect_timeout=CONNECT_TIMEOUT
+            )
             self._admin = QueueAdmin(broker)
         return self._admin
 
@@ -97,9 +102,16 @@ def queues(
         DEFAULT_PREFIX, "--prefix", envvar="THREEPORT_PREFIX", help="Namespace of the deployment's streams."
     ),
     output: Output = typer.Option(Output.table, "--output", "-o", help="Print a table, or JSON for scripts."),
+    nats_replicas: int = typer.Option(
+        DEFAULT_REPLICAS,
+        "--nats-replicas",
+        envvar=REPLICAS_ENV,
+        min=1,
+        help="Replicas of a queue stream a retry has to create (3 on a 3-node JetStream cluster).",
+    ),
 ) -> None:
     """Inspect and repair the work queues; without a command, list them."""
-    session = Session(nats_url=nats_url, prefix=prefix, output=output)
+    session = Session(nats_url=nats_url, prefix=prefix, output=output, replicas=nats_replicas)
     ctx.obj = session
     ctx.with_resource(_reconnect_warnings_hidden())
     ctx.call_on_close(session.close)

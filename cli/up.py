@@ -35,6 +35,7 @@ from models import StoreError, database_from_url, migrate
 from models.secrets import ENV_VAR as ENCRYPTION_KEY_VAR
 from models.secrets import generate_key
 from workers.logs import configure_from_env as configure_logging
+from workers.replicas import ENV_VAR as REPLICAS_ENV
 
 from . import config as client_config
 from .local_servers import NatsServer, PostgresServer, ServerError
@@ -84,6 +85,8 @@ def up(
             "THREEPORT_API_TOKEN": token,
             ENCRYPTION_KEY_VAR: _encryption_key(home),
         }
+        if not os.environ.get("NATS_URL"):
+            env[REPLICAS_ENV] = "1"  # the embedded server holds one replica of each stream
         api_url = f"http://127.0.0.1:{api_port}"
         children = [_spawn(["api", "--host", "127.0.0.1", "--port", str(api_port)], env, running)]
         if _has_command("worker"):

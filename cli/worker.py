@@ -25,6 +25,8 @@ from typing import Optional
 import typer
 
 from models import bind, database_from_url, secrets
+from workers.replicas import DEFAULT_REPLICAS
+from workers.replicas import ENV_VAR as REPLICAS_ENV
 
 
 def run(
@@ -36,6 +38,13 @@ def run(
     ),
     nats_url: str = typer.Option("nats://127.0.0.1:4222", envvar="NATS_URL", help="NATS server(s)."),
     prefix: str = typer.Option("threeport", envvar="THREEPORT_PREFIX", help="Namespace of streams."),
+    nats_replicas: int = typer.Option(
+        DEFAULT_REPLICAS,
+        "--nats-replicas",
+        envvar=REPLICAS_ENV,
+        min=1,
+        help="Replicas of the streams and KV buckets it creates (3 on a 3-node JetStream cluster).",
+    ),
     shutdown_timeout: float = typer.Option(25.0, help="Seconds running actors get to finish on SIGTERM."),
     metrics_port: Optional[int] = typer.Option(
         None,
@@ -70,6 +79,7 @@ def run(
             threads=threads,
             nats_url=nats_url,
             prefix=prefix,
+            replicas=nats_replicas,
             api_url=api_url,
             api_token=api_token,
             shutdown_timeout=shutdown_timeout,
@@ -83,6 +93,7 @@ def run(
         database_url=database_url,
         nats_url=nats_url,
         prefix=prefix,
+        replicas=nats_replicas,
         shutdown_timeout=shutdown_timeout,
         heartbeat_interval=heartbeat_interval,
     )
@@ -97,7 +108,9 @@ def run(
     for child in children:
         child.start()
     if metrics_port is not None:
-        _serve_group_metrics(metrics_port, children, database_url=database_url, nats_url=nats_url, prefix=prefix)
+        _serve_group_metrics(
+            metrics_port, children, database_url=database_url, nats_url=nats_url, prefix=prefix, replicas=nats_replicas
+        )
     while not signals and all(child.is_alive() for child in children):
         time.sleep(0.2)
     for child in children:
@@ -118,6 +131,7 @@ def _serve(
     database_url: str,
     nats_url: str,
     prefix: str,
+    replicas: int,
     shutdown_timeout: float,
     heartbeat_interval: float,
     metrics_port: Optional[int] = None,
@@ -138,7 +152,7 @@ def _serve(
         signal.signal(sig, lambda signum, _: signals.append(signum))
     bind(database_from_url(database_url))
     secrets.configure(os.environ.get(secrets.ENV_VAR))
-    broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-worker")
+    broker = JetStreamBroker(nats_url, prefix=prefix, replicas=replicas, name="threeport-worker")
     add_message_context(broker)
     broker.add_middleware(MessageMetrics())
     heartbeats = Heartbeats(interval=heartbeat_interval)
@@ -151,7 +165,7 @@ def _serve(
     worker.start()
     relay.start()
     if metrics_port is not None:
-        probes = {"/healthz": heartbeats.liveness, "/readyz": heartbeats.readiness}
+        probes = probe_routes(heartbeats)
         start_metrics_server(metrics_port, collectors=[QueueCollector(broker), OutboxCollector()], probes=probes)
     print(f"worker ready: queues {sorted(worker.consumers) or sorted(broker.get_declared_queues())}", flush=True)
     try:
@@ -164,17 +178,26 @@ def _serve(
         _forget_process(os.getpid())
 
 
-def _serve_group_metrics(port: int, children: list, *, database_url: str, nats_url: str, prefix: str) -> None:
+def _serve_group_metrics(
+    port: int, children: list, *, database_url: str, nats_url: str, prefix: str, replicas: int
+) -> None:
     """The parent's exporter: every process's metrics, the queues and outbox, probes from the children's heartbeats."""
     from workers.broker import JetStreamBroker
     from workers.heartbeats import ProcessGroupProbes
     from workers.metrics import OutboxCollector, QueueCollector, start_metrics_server
 
     bind(database_from_url(database_url))
-    broker = JetStreamBroker(nats_url, prefix=prefix, name="threeport-worker-metrics")
+    broker = JetStreamBroker(nats_url, prefix=prefix, replicas=replicas, name="threeport-worker-metrics")
     group = ProcessGroupProbes(children, connection=broker.connection, prefix=prefix)
-    probes = {"/healthz": group.liveness, "/readyz": group.readiness}
-    start_metrics_server(port, collectors=[QueueCollector(broker), OutboxCollector()], probes=probes)
+    start_metrics_server(port, collectors=[QueueCollector(broker), OutboxCollector()], probes=probe_routes(group))
+
+
+def probe_routes(probes) -> dict:
+    """The paths of the metrics port that answer ``probes`` (a worker's heartbeats, or a process group's).
+
+    ``/healthz`` holds while the process lives, ``/readyz`` while it consumes; every other path is ``/metrics``.
+    """
+    return {"/healthz": probes.liveness, "/readyz": probes.readiness}
 
 
 def _forget_process(pid: Optional[int]) -> None:

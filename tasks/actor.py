@@ -275,7 +275,7 @@ def declare_actors(
     ``locks`` defaults to the bucket ``locks`` on the broker's connection.
     ``max_retries`` and the backoffs (milliseconds) apply to unexpected errors only.
     """
-    locks = locks or LockManager(connection=broker.connection)
+    locks = locks or LockManager(connection=broker.connection, replicas=broker.replicas)
     body = ReconcileActor(broker, locks, lock_ttl=lock_ttl)
     kinds = registry.reconciled_kinds()
     queues = list(queues) if queues is not None else sorted({model.queue for model in kinds})

@@ -267,7 +267,7 @@ def declare_extension_actor(
 ) -> dramatiq.Actor:
     """Declare the extensions' reconcile actor on ``broker`` and their queues."""
     extensions = list(extensions)
-    locks = locks or LockManager(connection=broker.connection)
+    locks = locks or LockManager(connection=broker.connection, replicas=broker.replicas)
     body = ExtensionReconcileActor(broker, locks, api, extensions, lock_ttl=lock_ttl)
     queues = sorted({extension.queue for extension in extensions})
     retries = dict(max_retries=max_retries, min_backoff=min_backoff, max_backoff=max_backoff)

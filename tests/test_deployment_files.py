@@ -19,7 +19,9 @@ import re
 import runpy
 import shlex
 import types
+import urllib.request
 from pathlib import Path
+from typing import Optional
 from urllib.parse import urlsplit
 
 import click
@@ -34,7 +36,9 @@ from typer.testing import CliRunner
 from api.app import OPEN_PATHS, create_app
 from api.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL, Settings
 from cli import main as cli_main
+from cli.worker import probe_routes
 from models import registry, secrets
+from workers.metrics import start_metrics_server
 from workers.naming import DURABLE, Names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -441,11 +445,20 @@ def test_nats_nodes_get_the_variables_their_configuration_uses():
         assert service["environment"]["SERVER_NAME"] == name
 
 
+def _nats_nodes(deployment: str) -> int:
+    """How many NATS servers the deployment's cluster has: compose's services, the chart's replicas."""
+    if deployment == "compose":
+        return len([name for name in _compose()["services"] if name.startswith("nats-")])
+    return _helm_values("nats")["config"]["cluster"]["replicas"]
+
+
 def _assert_api_environment(env: dict[str, str], where: str) -> None:
     settings = Settings.from_env(env)
+    nodes = _nats_nodes(where.split()[0])
     assert settings.database_url != DEFAULT_DATABASE_URL, f"{where}: DATABASE_URL"
     assert settings.database_url.startswith("cockroachdb://"), f"{where}: DATABASE_URL"
-    assert settings.nats_url != DEFAULT_NATS_URL and len(settings.nats_url.split(",")) == 3, f"{where}: NATS_URL"
+    assert settings.nats_url != DEFAULT_NATS_URL and len(settings.nats_url.split(",")) == nodes, f"{where}: NATS_URL"
+    assert settings.nats_replicas == nodes, f"{where}: THREEPORT_NATS_REPLICAS"
     assert settings.token_hashes, f"{where}: no API token"
     assert settings.encryption_keys, f"{where}: {secrets.ENV_VAR}"
 
@@ -453,15 +466,17 @@ def _assert_api_environment(env: dict[str, str], where: str) -> None:
 def _assert_worker_environment(argv: list[str], env: dict[str, str], where: str, monkeypatch) -> None:
     params = _parse(argv, env, monkeypatch).params
     defaults = {p.name: p.default for p in _cli_command("worker").params}
+    nodes = _nats_nodes(where.split()[0])
     assert params["database_url"] != defaults["database_url"], f"{where}: DATABASE_URL"
     assert params["database_url"].startswith("cockroachdb://"), f"{where}: DATABASE_URL"
-    assert len(params["nats_url"].split(",")) == 3, f"{where}: NATS_URL"
+    assert len(params["nats_url"].split(",")) == nodes, f"{where}: NATS_URL"
+    assert params["nats_replicas"] == nodes, f"{where}: THREEPORT_NATS_REPLICAS"
     assert env.get(secrets.ENV_VAR), f"{where}: {secrets.ENV_VAR}"
 
 
 def test_the_api_gets_everything_it_needs():
     # Given the API's environment in compose and in Kubernetes, then the API's settings read from it
-    # name CockroachDB, all three NATS servers, a token and the secret-field key
+    # name CockroachDB, every NATS server, as many stream replicas as servers, a token and the secret-field key
     _assert_api_environment(_compose_env(_threeport_services()["api"]), "compose api")
     container, _ = _kube_containers()["threeport-api/api"]
     _assert_api_environment(_container_env(container), "kubernetes api")
@@ -469,6 +484,7 @@ def test_the_api_gets_everything_it_needs():
 
 def test_workers_and_the_migration_get_everything_they_need(monkeypatch):
     # Given the workers' command and environment, when the CLI parses them, then nothing falls back to a default
+    # (their streams and buckets get as many replicas as there are NATS servers)
     worker = _threeport_services()["worker"]
     _assert_worker_environment(worker["command"], _compose_env(worker), "compose worker", monkeypatch)
     container, _ = _kube_containers()["threeport-worker/worker"]
@@ -529,6 +545,35 @@ def _api_answers_without_token(path: str) -> bool:
     return path in OPEN_PATHS and _api().simulate_get(path).status_code == 200
 
 
+class _NamedProbes:
+    """A worker's probes that answer with their own name, to tell which one a path reaches."""
+
+    def liveness(self) -> tuple[bool, dict]:
+        return True, {"probe": "liveness"}
+
+    def readiness(self) -> tuple[bool, dict]:
+        return True, {"probe": "readiness"}
+
+
+@pytest.fixture(scope="module")
+def worker_probe():
+    """What a path of a worker's metrics port answers: ``liveness``, ``readiness``, or None (the metrics).
+
+    The port is the worker's own server (``start_metrics_server``) with the routes ``threeport worker``
+    gives it (``cli.worker.probe_routes``), so the paths are the code's, not a copy of them.
+    """
+    server = start_metrics_server(0, "127.0.0.1", probes=probe_routes(_NamedProbes()))
+
+    def answer(path: str) -> Optional[str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}{path}", timeout=5) as response:
+            body = response.read()
+        return json.loads(body).get("probe") if response.headers.get_content_type() == "application/json" else None
+
+    yield answer
+    server.shutdown()
+    server.server_close()
+
+
 def test_api_probes_are_routes_that_answer_without_a_token():
     # Given the API container's probes
     container, _ = _kube_containers()["threeport-api/api"]
@@ -543,7 +588,7 @@ def test_api_probes_are_routes_that_answer_without_a_token():
         assert _api_answers_without_token(probe["path"]), probe
 
 
-def test_compose_health_checks_ask_real_routes_on_the_right_ports():
+def test_compose_health_checks_ask_real_routes_on_the_right_ports(worker_probe):
     # Given the API's and the workers' health checks
     services = _threeport_services()
     checks = {name: services[name]["healthcheck"]["test"] for name in ("api", "worker")}
@@ -555,15 +600,18 @@ def test_compose_health_checks_ask_real_routes_on_the_right_ports():
         compile(test[3], name, "exec")
         urls[name] = [urlsplit(u) for u in re.findall(r"http://[^'\"]+", test[3])]
 
-    # Then the API's ask /healthz and /readyz on 8080, and the worker's ask its --metrics-port
+    # Then the API's ask /healthz and /readyz on 8080
     assert {u.path for u in urls["api"]} == {"/healthz", "/readyz"}
     for url in urls["api"]:
         assert url.port == 8080 and _api_answers_without_token(url.path)
+    # and the worker's asks its --metrics-port for its readiness probe (not the metrics, which query NATS
+    # and the database)
     metrics_port = services["worker"]["command"][services["worker"]["command"].index("--metrics-port") + 1]
-    assert [(u.port, u.path) for u in urls["worker"]] == [(int(metrics_port), "/metrics")]
+    [url] = urls["worker"]
+    assert url.port == int(metrics_port) and worker_probe(url.path) == "readiness"
 
 
-def test_worker_probes_ask_the_metrics_port_the_worker_is_started_with(monkeypatch):
+def test_worker_probes_ask_the_metrics_port_for_the_workers_own_probes(monkeypatch, worker_probe):
     # Given the worker container
     container, _ = _kube_containers()["threeport-worker/worker"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -571,10 +619,13 @@ def test_worker_probes_ask_the_metrics_port_the_worker_is_started_with(monkeypat
     # When its command is parsed
     metrics_port = _parse(container["command"], {}, monkeypatch).params["metrics_port"]
 
-    # Then its probes ask that port
-    for kind in ("startupProbe", "livenessProbe"):
+    # Then each probe asks that port, on a path the worker answers with the probe of that kind:
+    # starting and alive by its liveness, ready by its readiness
+    expected = {"startupProbe": "liveness", "livenessProbe": "liveness", "readinessProbe": "readiness"}
+    for kind, answered_by in expected.items():
         probe = container[kind]["httpGet"]
-        assert ports[probe["port"]] == metrics_port and probe["path"] == "/metrics"
+        assert ports[probe["port"]] == metrics_port, kind
+        assert worker_probe(probe["path"]) == answered_by, f"{kind} {probe['path']}"
 
 
 # Grace periods ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from nats.js import api
 from .connection import Connection, translate_error
 from .consumer import ETA_HEADER, JetStreamConsumer, JetStreamMessage
 from .naming import DURABLE, Names, validate_queue_name
+from .replicas import STREAM_NAME_IN_USE, raise_replicas
 
 __all__ = ["JetStreamBroker", "QueueStats", "PartialEnqueue", "MSG_ID", "ETA_HEADER"]
 
@@ -83,7 +84,8 @@ class JetStreamBroker(Broker):
       servers: a list of NATS URLs (instead of ``url``).
       middleware: Dramatiq middleware; the default set when omitted.
       prefix: namespace for every stream and subject this broker makes.
-      replicas: stream replicas (1 on one machine, 3 in production).
+      replicas: replicas of the streams it creates (1 on one server, 3 on a 3-node cluster:
+        ``THREEPORT_NATS_REPLICAS``); an existing stream's are raised to it, never lowered.
       ack_wait: seconds a delivered message may go without an ack or a
         heartbeat before the server redelivers it.
       max_deliveries: deliveries without an ack (crashes, expired ack
@@ -473,12 +475,22 @@ class JetStreamBroker(Broker):
 
 
 async def _add_or_update_stream(js, config: api.StreamConfig) -> None:
+    """Create the stream, or bring an existing one to ``config``; its replicas only go up (:mod:`workers.replicas`)."""
     try:
         await js.add_stream(config)
+        return
     except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:  # stream name already in use with a different configuration
+        if exc.err_code != STREAM_NAME_IN_USE:
             raise
-        await js.update_stream(config)
+    existing = await js.stream_info(config.name)
+    same_replicas = dataclasses.replace(config, num_replicas=existing.config.num_replicas)
+    try:
+        await js.add_stream(same_replicas)  # succeeds when nothing else differs: no update needed
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        await js.update_stream(same_replicas)
+    await raise_replicas(js, config.name, config.num_replicas or 1)
 
 
 async def _send_request(nc, subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future:

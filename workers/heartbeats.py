@@ -31,6 +31,7 @@ import nats.js.errors
 from nats.js import api
 
 from .connection import Connection
+from .replicas import STREAM_NAME_IN_USE, raise_replicas
 
 __all__ = ["Heartbeats", "WorkerInfo", "live_workers", "worker_id", "bucket_name", "ProcessGroupProbes"]
 
@@ -94,7 +95,7 @@ class Heartbeats(dramatiq.Middleware):
       interval: seconds between two heartbeats.
       ttl: seconds an entry lives without a newer one (three intervals by default, at least 1).
       ready_within: seconds a consumer's pull loop may go without coming round before :meth:`readiness` fails.
-      replicas: replicas of the bucket's stream, when this worker makes it.
+      replicas: replicas of the bucket's stream (raised to it if it has fewer); the broker's by default.
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class Heartbeats(dramatiq.Middleware):
         interval: float = INTERVAL,
         ttl: Optional[float] = None,
         ready_within: float = READY_WITHIN,
-        replicas: int = 1,
+        replicas: Optional[int] = None,
     ) -> None:
         self.interval = interval
         self.ttl = max(1, math.ceil(ttl if ttl is not None else 3 * interval))
@@ -128,6 +129,7 @@ class Heartbeats(dramatiq.Middleware):
     def after_worker_boot(self, broker, worker) -> None:
         self._connection = broker.connection
         self._bucket = bucket_name(broker.names.prefix)
+        self.replicas = self.replicas or broker.replicas
         self._queues = sorted(worker.consumers) or sorted(broker.get_declared_queues())
         self._stopped.clear()
         self._thread = threading.Thread(target=self._loop, name="heartbeats", daemon=True)
@@ -230,8 +232,9 @@ class Heartbeats(dramatiq.Middleware):
             try:
                 await js.create_key_value(config)
             except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != 10058:  # exists with another configuration: leave it as it is
+                if exc.err_code != STREAM_NAME_IN_USE:
                     raise
+                await raise_replicas(js, _stream(self._bucket), self.replicas)  # and the rest of it as it is
             self._bucket_ready = True
         return js
 

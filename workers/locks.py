@@ -27,6 +27,7 @@ from nats.js import api
 
 from .connection import Connection
 from .errors import InvalidName, JetStreamError, LockError, LockHeld, LockLost
+from .replicas import STREAM_NAME_IN_USE, raise_replicas
 
 __all__ = ["LockManager", "Lease"]
 
@@ -81,8 +82,9 @@ class LockManager:
     """Locks in the bucket ``bucket`` (a JetStream KV bucket).
 
     Build it from a URL, or on an existing :class:`workers.connection.Connection`
-    (a broker's ``connection``) to share its socket. Thread-safe, and usable
-    from any number of processes and hosts at once.
+    (a broker's ``connection``) to share its socket, with that broker's
+    ``replicas``. Thread-safe, and usable from any number of processes and
+    hosts at once.
     """
 
     def __init__(
@@ -179,8 +181,9 @@ class LockManager:
             try:
                 await js.add_stream(config)
             except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != 10058:  # exists with another configuration: leave it as it is
+                if exc.err_code != STREAM_NAME_IN_USE:
                     raise
+                await raise_replicas(js, self._stream, self.replicas)  # and the rest of it as it is
             self._ready = True
         return js
 

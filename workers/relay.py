@@ -63,7 +63,7 @@ class Relay:
         self.batch = batch
         self.resync_after = resync_after
         self.resync_interval = resync_interval
-        self.locks = locks or LockManager(connection=broker.connection)
+        self.locks = locks or LockManager(connection=broker.connection, replicas=broker.replicas)
         self._lease: Optional[Lease] = None
         self._last_sweep = 0.0
         self._stopped = threading.Event()
