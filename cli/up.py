@@ -36,6 +36,7 @@ from models.secrets import ENV_VAR as ENCRYPTION_KEY_VAR
 from models.secrets import generate_key
 from workers.logs import configure_from_env as configure_logging
 from workers.replicas import ENV_VAR as REPLICAS_ENV
+from workers.tracing import configure_from_env as configure_tracing
 
 from . import config as client_config
 from .local_servers import NatsServer, PostgresServer, ServerError
@@ -63,6 +64,7 @@ def up(
 ) -> None:
     """Start the control plane locally and run until Ctrl-C."""
     configure_logging()  # the API and worker processes it starts set up their own
+    configure_tracing("threeport-up")  # says at once whether spans go out, or that the tracing extra is missing
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     # A signal handler only appends to a list: taking a lock there (Event.set)

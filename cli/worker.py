@@ -8,9 +8,11 @@ threads. Every process also runs the relay; a leader lock keeps one active
 in the whole deployment. SIGTERM or SIGINT stops them gracefully: running
 actors finish, prefetched messages are handed back at once. Secret fields
 are read with the keys in ``THREEPORT_ENCRYPTION_KEY``. Each process writes
-a heartbeat to NATS (``threeport workers``) and logs through
-:mod:`workers.logs`; ``--metrics-port`` serves ``/metrics``, ``/healthz``
-and ``/readyz`` (with several processes, from the parent).
+a heartbeat to NATS (``threeport workers``), logs through
+:mod:`workers.logs` and, when the ``OTEL_*`` variables ask for it, traces
+the messages it processes (:mod:`workers.tracing`); ``--metrics-port``
+serves ``/metrics``, ``/healthz`` and ``/readyz`` (with several processes,
+from the parent).
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ def _serve(
     import dramatiq
 
     from tasks.actor import declare_actors
+    from workers import tracing
     from workers.broker import JetStreamBroker
     from workers.heartbeats import Heartbeats
     from workers.logs import add_message_context, configure_from_env
@@ -147,6 +150,7 @@ def _serve(
     from workers.relay import Relay
 
     configure_from_env()  # a spawned process starts with no logging set up
+    traced = tracing.configure_from_env("threeport-worker")
     signals: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: signals.append(signum))
@@ -154,6 +158,8 @@ def _serve(
     secrets.configure(os.environ.get(secrets.ENV_VAR))
     broker = JetStreamBroker(nats_url, prefix=prefix, replicas=replicas, name="threeport-worker")
     add_message_context(broker)
+    if traced:
+        tracing.add_message_tracing(broker)
     broker.add_middleware(MessageMetrics())
     heartbeats = Heartbeats(interval=heartbeat_interval)
     broker.add_middleware(heartbeats)
@@ -175,6 +181,7 @@ def _serve(
         relay.stop()
         worker.stop(timeout=int(shutdown_timeout * 1000))
         broker.close()
+        tracing.shutdown()  # a spawned process ends without atexit hooks: export the last spans now
         _forget_process(os.getpid())
 
 

@@ -33,6 +33,7 @@ from models.base import ReconciledModel
 from models.errors import NotFound
 from models.events import NORMAL, WARNING, record_event
 from models.transactions import run_in_transaction
+from workers import tracing
 from workers.broker import JetStreamBroker
 from workers.errors import LockError, LockLost
 from workers.locks import Lease, LockManager
@@ -77,8 +78,11 @@ class ReconcileActor:
         renewer = _Renewer(lease)
         renewer.start()
         try:
-            with reconcile_timer(model.kind) as outcome:
-                outcome.result = self._reconcile(model, object_id, requeues)
+            with reconcile_timer(model.kind) as outcome, _reconcile_span(model, object_id, generation) as span:
+                try:
+                    outcome.result = self._reconcile(model, object_id, requeues)
+                finally:
+                    span.set_attribute("threeport.result", outcome.result or "error")
         finally:
             renewer.stop()
             lease.release()
@@ -90,7 +94,8 @@ class ReconcileActor:
     ) -> None:
         """Enqueue the object's reconcile again in ``delay`` seconds (no retry budget spent)."""
         kwargs = {"kind": model.kind, "object_id": str(object_id), "generation": generation, "requeues": requeues + 1}
-        message = Message(queue_name=model.queue, actor_name=model.actor, args=(), kwargs=kwargs, options={})
+        options = tracing.carrier()  # the trace goes on with the next attempt (nothing while tracing is off)
+        message = Message(queue_name=model.queue, actor_name=model.actor, args=(), kwargs=kwargs, options=options)
         self.broker.enqueue(message, delay=max(1, int(delay * 1000)))
 
     # Where objects come from and where outcomes go: the database (an extension's controller: the API).
@@ -246,6 +251,12 @@ class _Renewer(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
         self.join()
+
+
+def _reconcile_span(model: type[ReconciledModel], object_id: str, generation: int):
+    """The span of one reconcile (a no-op while tracing is off); the actor adds its result."""
+    attributes = {"threeport.kind": model.kind, "threeport.object_id": str(object_id)}
+    return tracing.span(f"reconcile {model.kind}", attributes={**attributes, "threeport.generation": generation})
 
 
 def _backoff(requeues: int, first: float, ceiling: float) -> float:
