@@ -15,6 +15,7 @@ import falcon
 from models import StoreError, bind, database_from_url, registry, secrets
 from models.base import ReconciledModel, RecordModel
 from models.extension_kinds import Extension, ExtensionCatalog
+from workers.admin import QueueAdmin
 from workers.broker import JetStreamBroker
 from workers.logs import configure_from_env as configure_logging
 from workers.outbox_relay import publish_rows
@@ -28,6 +29,7 @@ from .health import Check, Healthz, Readyz
 from .metrics import Metrics, RequestMetrics
 from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson
 from .openapi import OpenApi
+from .operations import DeadLetterRetry, DeadLetters, Queues, Workers
 from .proxy import SINK_PREFIX, ExtensionProxy, RouteCache
 from .resources import (
     API_VERSION,
@@ -41,11 +43,13 @@ from .resources import (
     WritableRecordItem,
 )
 from .settings import Settings
+from .ui import Dashboard
 
 __all__ = ["create_app", "get_app", "OPEN_PATHS"]
 
-#: Routes that answer without a token (probes, and what reveals no data: versions, the API's description).
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/version", "/openapi.json", "/docs", "/metrics"})
+#: Routes that answer without a token (probes, and what reveals no data: versions, the API's description,
+#: the dashboard's page, whose script asks for a token).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/version", "/openapi.json", "/docs", "/metrics", "/ui"})
 
 
 def create_app(
@@ -53,8 +57,12 @@ def create_app(
     *,
     checks: Optional[Mapping[str, Check]] = None,
     publish: Optional[Publisher] = None,
+    admin: Optional[QueueAdmin] = None,
 ) -> falcon.App:
-    """The API for every registered kind; ``publish`` sends committed outbox rows (fast path)."""
+    """The API for every registered kind; ``publish`` sends committed outbox rows (fast path).
+
+    ``admin`` serves the queues, dead letters and workers (``/v0/queues``, ``/v0/workers``); without it they answer 503.
+    """
     app = falcon.App(
         middleware=[
             RequestMetrics(),
@@ -77,6 +85,11 @@ def create_app(
     app.add_route(f"/{API_VERSION}/kinds", Kinds(catalog))
     app.add_route("/openapi.json", OpenApi(app, catalog))
     app.add_route("/docs", Docs(app, catalog))
+    app.add_route("/ui", Dashboard())
+    app.add_route(f"/{API_VERSION}/queues", Queues(admin))
+    app.add_route(f"/{API_VERSION}/queues/{{queue}}/dead-letters", DeadLetters(admin))
+    app.add_route(f"/{API_VERSION}/queues/{{queue}}/dead-letters/retry", DeadLetterRetry(admin))
+    app.add_route(f"/{API_VERSION}/workers", Workers(admin))
     for model in registry.kinds():
         collection, item = _resources(model, publish, catalog)
         app.add_route(model.collection_path(), collection)
@@ -117,4 +130,5 @@ def get_app() -> falcon.App:
         settings,
         checks={"database": database_check, "nats": nats_check(broker.connection)},
         publish=functools.partial(publish_rows, broker),
+        admin=QueueAdmin(broker),
     )
