@@ -125,7 +125,9 @@ def get_app() -> falcon.App:
     settings = Settings.from_env()
     bind(database_from_url(settings.database_url))
     secrets.configure(settings.encryption_keys)
-    broker = JetStreamBroker(settings.nats_url, prefix=settings.nats_prefix, name="threeport-api")
+    broker = JetStreamBroker(
+        settings.nats_url, prefix=settings.nats_prefix, replicas=settings.nats_replicas, name="threeport-api"
+    )
     return create_app(
         settings,
         checks={"database": database_check, "nats": nats_check(broker.connection)},
