@@ -19,6 +19,7 @@ from workers.admin import QueueAdmin
 from workers.broker import JetStreamBroker
 from workers.logs import configure_from_env as configure_logging
 from workers.outbox_relay import publish_rows
+from workers.tracing import configure_from_env as configure_tracing
 
 from .checks import database_check, nats_check
 from .discovery import Kinds, Version
@@ -27,7 +28,7 @@ from .errors import handle_store_error, handle_unexpected, serialize_problem
 from .extensions import ExtensionCollection, ExtensionItem, ExtensionSink
 from .health import Check, Healthz, Readyz
 from .metrics import Metrics, RequestMetrics
-from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson
+from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson, Tracing
 from .openapi import OpenApi
 from .operations import DeadLetterRetry, DeadLetters, Queues, Workers
 from .proxy import SINK_PREFIX, ExtensionProxy, RouteCache
@@ -65,6 +66,7 @@ def create_app(
     """
     app = falcon.App(
         middleware=[
+            Tracing(),
             RequestMetrics(),
             RequestId(),
             BearerAuth(settings.token_hashes, open_paths=OPEN_PATHS),
@@ -122,6 +124,7 @@ def _no_publish(rows) -> None:
 def get_app() -> falcon.App:
     """The app gunicorn serves, configured from the environment."""
     configure_logging()
+    configure_tracing("threeport-api")
     settings = Settings.from_env()
     bind(database_from_url(settings.database_url))
     secrets.configure(settings.encryption_keys)
