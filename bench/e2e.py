@@ -7,32 +7,38 @@ ports with a fresh ``THREEPORT_HOME`` (``THREEPORT_WORKER_PROCESSES=N``,
 "API listening" and reads the token from ``$THREEPORT_HOME/config.json``. Then:
 
 * **create**: ``--clients`` threads (default 16), each with its own keep-alive
-  ``http.client`` connection, ``POST /v0/workload-definitions`` N objects
-  (``--objects``, default 2,000) with distinct names and a one-document YAML
-  (a no-op-ish reconcile). Each POST's send time is recorded.
-* **reconciled**: meanwhile one poller thread reads
-  ``GET /v0/workload-definitions?limit=1000&after=…`` page by page every
-  ``--poll-ms`` (default 20 ms) and records, per object, the first time it shows
-  ``observed_generation >= 1``. It starts each scan after the longest prefix of
-  objects already seen reconciled (a cursor computed from the last one), and
-  rescans from the start every second in case a slow transaction committed an
-  object behind that cursor.
+  ``http.client`` connection, POST N objects (``--objects``, default 2,000)
+  with distinct names, as fast as they are answered or, with ``--rate R``, at R
+  objects/s in all (object i is sent at start + i/R). ``--kind noop`` (the
+  default) posts ``DomainNameDefinition`` objects, a kind whose reconcile has nothing
+  to build (the issue's "no-op reconcile": lock, load, status write, event,
+  unlock, ack); ``--kind workload`` posts ``WorkloadDefinition`` objects with a
+  one-document YAML (parsed, and one resource row recorded).
+* **reconciled**: meanwhile one poller thread asks every ``--poll-ms``
+  (default 200 ms) for one object not reconciled yet
+  (``?observed_generation=0&limit=1``), only to know when none is left; then one
+  scan reads every object.
 
-Latency is that first-seen time (when the page's response arrived) minus the
-POST's send time, so it is an upper bound with a resolution of about one poll
-interval plus one page fetch (~20–50 ms): a p50 near 50 ms cannot be told from
-one a poll interval lower. The poller is itself load on the API and the database.
+Latency is measured by the control plane's own clocks: an object's
+``updated_at`` (written with its Reconciled status, the last write it gets)
+minus its ``created_at`` (set in the API's create transaction), exact to the
+microsecond and independent of the poller. Times are all taken on this one
+machine.
 
 Printed per worker count: create rate (objects/s from the first POST sent to
 the last answered), sustained reconcile rate (objects reconciled ÷ time from
-the first POST sent to the last object seen reconciled), latency
-p50/p90/p99/max, and errors (any answer but 201, or a failed request); then the
-goals: ≥ 300 reconciles/s sustained and p50 create→reconciled ≤ 50 ms.
+the first ``created_at`` to the last ``updated_at``), latency p50/p90/p99/max,
+and errors (any answer but 201, or a failed request); then the goals: ≥ 300
+reconciles/s sustained and p50 create→reconciled ≤ 50 ms. A pass paced with
+``--rate`` below what the system sustains shows its latency unloaded; an
+unpaced pass shows its throughput (and a latency that is mostly queueing).
 
 Run::
 
     .venv/bin/python bench/e2e.py
     .venv/bin/python bench/e2e.py --objects 5000 --workers 1,2,4
+    .venv/bin/python bench/e2e.py --rate 300 --objects 6000     # paced: latency at the goal's rate
+    .venv/bin/python bench/e2e.py --kind workload               # WorkloadDefinitions instead
     .venv/bin/python bench/e2e.py --json > e2e.json      # tables go to stderr
 
 It is a benchmark, not a test: it exits 0 whatever the figures (1 when the
@@ -45,8 +51,8 @@ the temporary home.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
+import datetime as dt
 import http.client
 import itertools
 import json
@@ -70,8 +76,20 @@ from bench.processes import become_subreaper, proc_table, reap_zombies  # noqa: 
 from cli.local_servers import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PATH = "/v0/workload-definitions"
 YAML = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n"
+#: --kind: (what the report calls it, collection path, the body of object ``name``).
+KINDS = {
+    "noop": (
+        "DomainNameDefinitions (no-op reconcile)",
+        "/v0/domain-name-definitions",
+        lambda name: {"name": name, "domain": f"{name}.example.com", "admin_email": "ops@example.com"},
+    ),
+    "workload": (
+        "WorkloadDefinitions (one YAML document)",
+        "/v0/workload-definitions",
+        lambda name: {"name": name, "yaml_document": YAML.format(name=name)},
+    ),
+}
 GOAL_RATE = 300.0  # reconciles/s sustained
 GOAL_P50_MS = 50.0  # create→reconciled
 
@@ -236,36 +254,41 @@ class Client:
         self.conn.close()
 
 
-def _cursor(item: dict[str, Any]) -> str:
-    """The keyset cursor after ``item``, as the API encodes it (created_at|id, urlsafe base64)."""
-    raw = f"{item['created_at']}|{item['id']}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _timestamp(text: str) -> float:
+    return dt.datetime.fromisoformat(text).timestamp()
 
 
-def measure(system: System, n: int, clients: int, poll_ms: float, settle: float) -> dict[str, Any]:
+def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
+    n, path = args.objects, KINDS[args.kind][1]
+    body_of = KINDS[args.kind][2]
     prefix = "e2e-" + uuid.uuid4().hex[:6]
     names = [f"{prefix}-{i:06d}" for i in range(n)]
     sent: dict[str, float] = {}
     answered: dict[str, float] = {}
     created: set[str] = set()
     errors: dict[str, int] = {}
-    seen: dict[str, float] = {}
     lock = threading.Lock()
     counter = itertools.count()
     posting_done = threading.Event()
     stop_polling = threading.Event()
-    poll_stats = {"scans": 0, "pages": 0, "page_seconds": 0.0, "full_rescans": 0}
+    late = [0.0]  # the most a paced POST went out behind its schedule (s)
 
-    def post_loop() -> None:
+    def post_loop(start: float) -> None:
         client = Client(system.api_url, system.token)
         try:
             while (i := next(counter)) < n:
                 name = names[i]
-                body = json.dumps({"name": name, "yaml_document": YAML.format(name=name)}).encode()
-                t0 = time.monotonic()
-                sent[name] = t0
+                body = json.dumps(body_of(name)).encode()
+                if args.rate:
+                    due = start + i / args.rate
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    else:
+                        late[0] = max(late[0], -delay)
+                sent[name] = time.monotonic()
                 try:
-                    status, _ = client.request("POST", PATH, body)
+                    status, _ = client.request("POST", path, body)
                 except Exception as exc:  # a failed request is an error, not the end of the run
                     key = type(exc).__name__
                 else:
@@ -279,54 +302,37 @@ def measure(system: System, n: int, clients: int, poll_ms: float, settle: float)
         finally:
             client.close()
 
+    def scan(client: Client) -> list[dict[str, Any]]:
+        """Every object of the kind, page by page."""
+        items: list[dict[str, Any]] = []
+        after: Optional[str] = None
+        while True:
+            status, raw = client.request("GET", f"{path}?limit=1000" + (f"&after={after}" if after else ""))
+            if status != 200:
+                raise RuntimeError(f"listing {path} answered {status}: {raw[:200]!r}")
+            page = json.loads(raw)
+            items.extend(page["items"])
+            after = page["next"]
+            if not after:
+                return items
+
     def poll_loop() -> None:
+        """Until every object is reconciled: ask for one whose generation 1 is not observed yet."""
         client = Client(system.api_url, system.token)
-        frontier: Optional[str] = None  # cursor after the longest prefix seen reconciled
-        last_full = time.monotonic()
         try:
-            while not stop_polling.is_set():
-                scan_start = time.monotonic()
-                full = scan_start - last_full >= 1.0
-                if full:
-                    last_full = scan_start
-                    poll_stats["full_rescans"] += 1
-                    frontier = None
-                after = frontier
-                prefix_intact = True
-                while True:
-                    path = f"{PATH}?limit=1000" + (f"&after={after}" if after else "")
-                    t0 = time.monotonic()
-                    try:
-                        status, raw = client.request("GET", path)
-                    except Exception:
-                        status, raw = 0, b""
-                    t1 = time.monotonic()
-                    poll_stats["pages"] += 1
-                    poll_stats["page_seconds"] += t1 - t0
-                    if status != 200:
-                        break
-                    page = json.loads(raw)
-                    for item in page["items"]:
-                        done = (item.get("observed_generation") or 0) >= 1
-                        if done and item["name"] not in seen:
-                            seen[item["name"]] = t1
-                        if prefix_intact and done:
-                            frontier = _cursor(item)
-                        else:
-                            prefix_intact = False
-                    after = page["next"]
-                    if not after:
-                        break
-                poll_stats["scans"] += 1
-                if posting_done.is_set() and created and created.issubset(seen.keys()):
-                    return
-                stop_polling.wait(max(0.0, poll_ms / 1000 - (time.monotonic() - scan_start)))
+            while not stop_polling.wait(args.poll_ms / 1000):
+                with contextlib.suppress(Exception):
+                    status, raw = client.request("GET", f"{path}?observed_generation=0&limit=1")
+                    if posting_done.is_set() and status == 200 and not json.loads(raw)["items"]:
+                        return
         finally:
             client.close()
 
     poller = threading.Thread(target=poll_loop, name="poller", daemon=True)
-    posters = [threading.Thread(target=post_loop, name=f"client-{i}", daemon=True) for i in range(clients)]
-    start = time.monotonic()
+    start = time.monotonic() + 0.05
+    posters = [
+        threading.Thread(target=post_loop, args=(start,), name=f"client-{i}", daemon=True) for i in range(args.clients)
+    ]
     poller.start()
     for t in posters:
         t.start()
@@ -336,15 +342,22 @@ def measure(system: System, n: int, clients: int, poll_ms: float, settle: float)
     post_end = max(answered.values(), default=time.monotonic())
     first_sent = min(sent.values(), default=start)
     say(f"    {len(created):,} created in {post_end - first_sent:.2f}s; waiting for reconciles")
-    poller.join(settle)
+    poller.join(args.settle)
     stop_polling.set()
     poller.join(10)
 
-    reconciled = [name for name in created if name in seen]
-    latencies = [(seen[name] - sent[name]) * 1000 for name in reconciled]
-    last_seen = max((seen[name] for name in reconciled), default=None)
+    client = Client(system.api_url, system.token)
+    try:
+        everything = scan(client)  # the whole list once, with every object's timestamps
+    finally:
+        client.close()
+    mine = [item for item in everything if item["name"] in created]
+    reconciled = [item for item in mine if (item.get("observed_generation") or 0) >= 1]
+    latencies = [(_timestamp(o["updated_at"]) - _timestamp(o["created_at"])) * 1000 for o in reconciled]
+    first_created = min((_timestamp(o["created_at"]) for o in mine), default=None)
+    last_reconciled = max((_timestamp(o["updated_at"]) for o in reconciled), default=None)
+    reconcile_seconds = (last_reconciled - first_created) if reconciled else None
     post_seconds = post_end - first_sent
-    reconcile_seconds = (last_seen - first_sent) if last_seen is not None else None
     ms = lambda q: percentile(latencies, q)  # noqa: E731
     return {
         "objects": n,
@@ -355,13 +368,10 @@ def measure(system: System, n: int, clients: int, poll_ms: float, settle: float)
         "unreconciled": len(created) - len(reconciled),
         "post_seconds": post_seconds,
         "create_rate": len(created) / post_seconds if post_seconds > 0 else None,
+        "paced_late_ms": late[0] * 1000 if args.rate else None,
         "reconcile_seconds": reconcile_seconds,
         "reconcile_rate": len(reconciled) / reconcile_seconds if reconcile_seconds else None,
         "latency_ms": {"p50": ms(50), "p90": ms(90), "p99": ms(99), "max": max(latencies, default=None)},
-        "poll": {
-            **{k: v for k, v in poll_stats.items() if k != "page_seconds"},
-            "mean_page_ms": 1000 * poll_stats["page_seconds"] / poll_stats["pages"] if poll_stats["pages"] else None,
-        },
     }
 
 
@@ -375,9 +385,10 @@ def _f(value: Any, fmt: str = ",.0f") -> str:
 def render(report: dict[str, Any]) -> str:
     lines = [
         "",
-        f"== threeport end to end: {report['objects']:,} WorkloadDefinitions over HTTP, {report['clients']} client "
-        f"threads, {report['worker_threads']} threads per worker process, poll every {report['poll_ms']:.0f} ms "
-        f"| {report['machine']['cpus']} CPUs ==",
+        f"== threeport end to end: {report['objects']:,} {KINDS[report['kind']][0]} over HTTP, "
+        f"{report['clients']} client threads, "
+        + (f"paced at {report['rate']:,.0f}/s, " if report["rate"] else "unpaced, ")
+        + f"{report['worker_threads']} threads per worker process | {report['machine']['cpus']} CPUs ==",
         f"{'worker processes':<18}{'create/s':>10}{'reconcile/s':>13}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
         f"{'max ms':>9}{'errors':>8}{'unrec.':>8}{'load avg':>16}",
     ]
@@ -409,11 +420,13 @@ def render(report: dict[str, Any]) -> str:
     for procs, data in report["runs"].items():
         if "error" in data:
             continue
-        poll, stop = data["poll"], data["stop"]
+        stop = data["stop"]
+        late = (
+            f", paced POSTs at most {data['paced_late_ms']:,.0f} ms late" if data["paced_late_ms"] is not None else ""
+        )
         lines.append(
-            f"  {procs}: POST phase {data['post_seconds']:.2f}s, first POST → last reconciled "
-            f"{_f(data['reconcile_seconds'], '.2f')}s; poller {poll['scans']} scans, {poll['pages']} pages, "
-            f"mean page {_f(poll['mean_page_ms'], '.1f')} ms; errors {data['errors'] or 'none'}; "
+            f"  {procs}: POST phase {data['post_seconds']:.2f}s{late}, first created → last reconciled "
+            f"{_f(data['reconcile_seconds'], '.2f')}s; errors {data['errors'] or 'none'}; "
             f"stop: exit {stop['exit_code']} in {_f(stop.get('stop_seconds'), '.1f')}s, "
             f"left over: {stop['killed'] or 'none'}, ports still listening: {stop['ports_still_listening'] or 'none'}"
         )
@@ -434,7 +447,7 @@ def run_pass(procs: int, args: argparse.Namespace) -> dict[str, Any]:
         system.start()
         data["startup_seconds"] = round(time.monotonic() - t0, 2)
         say(f"    up in {data['startup_seconds']:.1f}s at {system.api_url}; posting {args.objects:,} objects")
-        data.update(measure(system, args.objects, args.clients, args.poll_ms, args.settle))
+        data.update(measure(system, args))
     except Exception as exc:
         data["error"] = f"{type(exc).__name__}: {exc}"
         say(f"    failed: {data['error']}")
@@ -464,7 +477,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="worker-process counts, comma-separated (default 1,2)")
     parser.add_argument("--worker-threads", type=int, default=8, help="threads per worker process (default 8)")
     parser.add_argument("--clients", type=int, default=16, help="client threads posting (default 16)")
-    parser.add_argument("--poll-ms", type=float, default=20.0, help="poll interval of the list endpoint (default 20)")
+    parser.add_argument(
+        "--kind", choices=sorted(KINDS), default="noop", help="noop: DomainNameDefinitions (default); workload"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="objects/s to post in all (default 0: as fast as answered)"
+    )
+    parser.add_argument(
+        "--poll-ms", type=float, default=200.0, help="how often the list is read for progress (default 200)"
+    )
     parser.add_argument(
         "--settle", type=float, default=60.0, help="seconds to wait for reconciles after the last POST (default 60)"
     )
@@ -476,8 +497,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         parser.error("--workers must be comma-separated numbers")
     if args.objects < 1 or args.clients < 1 or args.worker_threads < 1 or not args.worker_counts:
         parser.error("--objects, --clients, --worker-threads and --workers must be positive")
-    if any(w < 1 for w in args.worker_counts) or args.poll_ms <= 0:
-        parser.error("--workers and --poll-ms must be positive")
+    if any(w < 1 for w in args.worker_counts) or args.poll_ms <= 0 or args.rate < 0:
+        parser.error("--workers and --poll-ms must be positive, --rate not negative")
     return args
 
 
@@ -493,13 +514,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         "objects": args.objects,
         "clients": args.clients,
         "worker_threads": args.worker_threads,
-        "poll_ms": args.poll_ms,
+        "kind": args.kind,
+        "rate": args.rate,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "runs": {},
         "notes": [
-            f"latency = first time the poller saw observed_generation >= 1 (response arrival) − POST send time; "
-            f"an upper bound, resolution ~{args.poll_ms:.0f} ms + one page fetch (see 'mean page')",
-            "reconcile/s = objects reconciled ÷ (last seen reconciled − first POST sent); create/s = objects "
+            "latency = an object's updated_at (its Reconciled status write) − its created_at (the API's insert), "
+            "both written by the control plane",
+            "reconcile/s = objects reconciled ÷ (last updated_at − first created_at); create/s = objects "
             "created ÷ (last POST answered − first POST sent)",
             "the client, the poller, the API, PostgreSQL, NATS and the workers all share this machine's CPUs; "
             "single runs, so expect noise",

@@ -23,6 +23,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, Optional, TypeVar
 
 import peewee
 
+from . import statements
 from .base import LIFECYCLE_FIELDS, KindModel, ReconciledModel, RecordModel, utcnow
 from .errors import Conflict, InvalidObject, NotFound, PreconditionFailed, sqlstate
 from .outbox import Outbox
@@ -102,7 +103,7 @@ def create(model: type[M], fields: Mapping[str, Any]) -> Written[M]:
     now = utcnow()
     obj = model(**values, created_at=now, updated_at=now)
     with _unique(model, obj.name):
-        obj.save(force_insert=True)
+        statements.insert(obj)
     return Written(obj, _enqueued(obj))
 
 
@@ -204,17 +205,20 @@ def write_status(
     unknown = set(flags) - STATUS_FLAGS
     if unknown:
         raise TypeError(f"write_status() got unknown flags {sorted(unknown)}")
-    values: dict[str, Any] = {
-        "status": model.status.concat(checked_status(status)),
-        "updated_at": utcnow(),
-        "resource_version": model.resource_version + 1,
-        **flags,
-    }
+    values: dict[str, Any] = {"updated_at": utcnow(), **flags}
     if observed:
         values["observed_generation"] = generation
-    object_uuid = _parse_id(model, object_id)
-    query = model.update(values).where((model.id == object_uuid) & (model.generation == generation))
-    return query.execute() == 1
+    return (
+        statements.update_by_id(
+            model,
+            _parse_id(model, object_id),
+            values,
+            increment=("resource_version",),
+            merge={"status": checked_status(status)},
+            where={"generation": generation},
+        )
+        == 1
+    )
 
 
 @transactional
@@ -248,12 +252,9 @@ def merge_status(model: type[ReconciledModel], object_id: uuid.UUID | str, statu
     resources it made so far: those exist whichever generation made them.
     Neither the generation nor the lifecycle flags change.
     """
-    values = {
-        "status": model.status.concat(checked_status(status)),
-        "updated_at": utcnow(),
-        "resource_version": model.resource_version + 1,
-    }
-    return model.update(values).where(model.id == _parse_id(model, object_id)).execute() == 1
+    values, merge = {"updated_at": utcnow()}, {"status": checked_status(status)}
+    object_uuid = _parse_id(model, object_id)
+    return statements.update_by_id(model, object_uuid, values, increment=("resource_version",), merge=merge) == 1
 
 
 @transactional
@@ -274,7 +275,7 @@ def write_fields(model: type[ReconciledModel], object_id: uuid.UUID | str, value
 # Reads ----------------------------------------------------------------------------
 
 
-@transactional
+@transactional(read_only=True)
 def get(model: type[K], object_id: uuid.UUID | str) -> K:
     """The object with ``object_id``; raises NotFound."""
     return _load(model, object_id)
@@ -390,8 +391,7 @@ def _parse_id(model: type[KindModel], object_id: uuid.UUID | str) -> uuid.UUID:
 
 
 def _find(model: type[K], object_id: uuid.UUID | str, *, for_update: bool = False) -> Optional[K]:
-    query = model.select().where(model.id == _parse_id(model, object_id))
-    return (query.for_update() if for_update else query).first()
+    return statements.select_by_id(model, _parse_id(model, object_id), for_update=for_update)
 
 
 def _load(model: type[K], object_id: uuid.UUID | str, *, for_update: bool = False) -> K:
@@ -486,7 +486,7 @@ def _enqueued(obj: ReconciledModel) -> list[Outbox]:
     if not obj.reconcilable:
         return []
     row = Outbox.for_object(obj)
-    row.save(force_insert=True)
+    statements.insert(row)
     return [row]
 
 

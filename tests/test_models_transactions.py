@@ -200,3 +200,40 @@ def test_a_pooled_connection_killed_while_idle_is_replaced_transparently(databas
 
     # Then its BEGIN fails, the dead connection is discarded and the transaction runs on a new one
     assert backend != pid
+
+
+def test_a_read_runs_alone_and_is_replaced_on_a_dead_connection_like_a_transaction(database, postgres_server):
+    # Given a pooled connection the server killed while it was idle
+    database.connect()
+    pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    database.close()
+    postgres_server.execute(f"SELECT pg_terminate_backend({pid})")
+
+    # When a read-only function runs: one statement, no transaction of its own
+    def backend_and_state():
+        return database.execute_sql("SELECT pg_backend_pid(), now() = statement_timestamp()").fetchone()
+
+    backend, alone = run_in_transaction(backend_and_state, database=database, read_only=True)
+
+    # Then it ran on a new connection, outside any BEGIN (a transaction's now() is its start, not the statement's)
+    assert backend != pid
+    assert alone is True
+    inside = run_in_transaction(
+        lambda: (database.execute_sql("SELECT pg_sleep(0.01)"), backend_and_state())[1], database=database
+    )
+    assert inside[1] is False
+
+
+def test_a_read_aborted_with_40001_is_retried(database):
+    # Given a read the server aborts with SQLSTATE 40001 twice
+    runs = []
+
+    def read():
+        runs.append(1)
+        if len(runs) <= 2:
+            db.execute_sql(FORCE_SERIALIZATION_FAILURE)
+        return count_definitions()
+
+    # When it runs read-only, then the third run answers
+    assert run_in_transaction(read, read_only=True, base_delay=0.001) == 0
+    assert len(runs) == 3

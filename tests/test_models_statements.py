@@ -1,0 +1,81 @@
+"""The statements written once per model read and write what peewee's own queries would, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+from models import WorkloadDefinition, statements
+from models.base import utcnow
+from models.gateways import DomainNameDefinition
+from models.outbox import Outbox
+
+
+def a_workload_definition(name: str = "web") -> WorkloadDefinition:
+    return WorkloadDefinition(
+        name=name,
+        yaml_document="kind: ConfigMap",
+        status={"phase": "Waiting", "inventory": {"a": 1}},
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
+
+
+def test_an_inserted_object_reads_back_through_peewee_with_every_field(database):
+    # Given objects of two kinds and an outbox row, not saved yet
+    definition = a_workload_definition()
+    domain = DomainNameDefinition(name="d", domain="example.com", admin_email="a@example.com")
+    row = Outbox.for_object(definition)
+
+    # When they are inserted by the cached statements
+    for obj in (definition, domain, row):
+        statements.insert(obj)
+
+    # Then peewee reads back exactly what they held (None where they held nothing), and they count as saved
+    for obj in (definition, domain, row):
+        read = type(obj).get_by_id(obj.id).__data__
+        assert read == {name: obj.__data__.get(name) for name in read}
+        assert set(obj.__data__) <= set(read)
+        assert not obj.dirty_fields
+
+
+def test_a_row_selected_by_id_is_the_one_peewee_selects(database):
+    # Given a saved object
+    definition = a_workload_definition()
+    definition.save(force_insert=True)
+
+    # When it is selected by id (and for update, inside a transaction)
+    found = statements.select_by_id(WorkloadDefinition, definition.id)
+    with database.atomic():
+        locked = statements.select_by_id(WorkloadDefinition, definition.id, for_update=True)
+
+    # Then both are what peewee reads, and an unknown id is None
+    expected = WorkloadDefinition.get_by_id(definition.id).__data__
+    assert found.__data__ == expected and locked.__data__ == expected
+    assert found.status == {"phase": "Waiting", "inventory": {"a": 1}}
+    assert statements.select_by_id(WorkloadDefinition, uuid.uuid4()) is None
+
+
+def test_an_update_by_id_sets_increments_merges_and_checks_its_conditions(database):
+    # Given a saved object at generation 1
+    definition = a_workload_definition()
+    definition.save(force_insert=True)
+
+    # When an update names another generation, nothing changes
+    def update(generation: int) -> int:
+        return statements.update_by_id(
+            WorkloadDefinition,
+            definition.id,
+            {"reconciled": True, "observed_generation": generation},
+            increment=("resource_version",),
+            merge={"status": {"phase": "Reconciled", "message": ""}},
+            where={"generation": generation},
+        )
+
+    assert update(2) == 0
+    assert WorkloadDefinition.get_by_id(definition.id).resource_version == 1
+
+    # When it names the current one, then values are set, the counter goes up and the JSON keys merge in
+    assert update(1) == 1
+    after = WorkloadDefinition.get_by_id(definition.id)
+    assert (after.reconciled, after.observed_generation, after.resource_version) == (True, 1, 2)
+    assert after.status == {"phase": "Reconciled", "message": "", "inventory": {"a": 1}}
