@@ -7,7 +7,6 @@ runs (``gunicorn 'api.app:get_app()'``).
 
 from __future__ import annotations
 
-import functools
 from typing import Mapping, Optional
 
 import falcon
@@ -18,7 +17,7 @@ from models.extension_kinds import Extension, ExtensionCatalog
 from workers.admin import QueueAdmin
 from workers.broker import JetStreamBroker
 from workers.logs import configure_from_env as configure_logging
-from workers.outbox_relay import publish_rows
+from workers.outbox_relay import FastPath
 from workers.tracing import configure_from_env as configure_tracing
 
 from .checks import database_check, nats_check
@@ -134,6 +133,6 @@ def get_app() -> falcon.App:
     return create_app(
         settings,
         checks={"database": database_check, "nats": nats_check(broker.connection)},
-        publish=functools.partial(publish_rows, broker),
+        publish=FastPath(broker),
         admin=QueueAdmin(broker),
     )
