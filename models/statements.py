@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Optional, TypeVar
 
 import peewee
 
-__all__ = ["insert", "select_by_id", "update_by_id"]
+__all__ = ["insert", "select_by_id", "update", "update_by_id"]
 
 M = TypeVar("M", bound=peewee.Model)
 
@@ -54,15 +54,28 @@ def update_by_id(
     JSON field of ``merge`` gets the keys given merged into it (``||``);
     ``where`` adds equality conditions (``{"generation": 3}``).
     """
+    sql, params = update(model, object_id, values, increment=increment, merge=merge, where=where)
+    return model._meta.database.execute_sql(sql, params).rowcount
+
+
+def update(
+    model: type[peewee.Model],
+    object_id: uuid.UUID,
+    values: Mapping[str, Any],
+    *,
+    increment: Iterable[str] = (),
+    merge: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    where: Optional[Mapping[str, Any]] = None,
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and named parameters of :func:`update_by_id`, for a statement that embeds it."""
     merge = merge or {}
     where = where or {}
-    shape = (tuple(values), tuple(increment), tuple(merge), tuple(where))
     fields = model._meta.fields
-    params = [fields[name].db_value(value) for name, value in values.items()]
-    params += [fields[name].db_value(value) for name, value in merge.items()]
-    params.append(model._meta.primary_key.db_value(object_id))
-    params += [fields[name].db_value(value) for name, value in where.items()]
-    return model._meta.database.execute_sql(_update_sql(model, shape), params).rowcount
+    params = {f"set_{name}": fields[name].db_value(value) for name, value in values.items()}
+    params.update({f"merge_{name}": fields[name].db_value(value) for name, value in merge.items()})
+    params.update({f"where_{name}": fields[name].db_value(value) for name, value in where.items()})
+    params["where_id"] = model._meta.primary_key.db_value(object_id)
+    return _update_sql(model, (tuple(values), tuple(increment), tuple(merge), tuple(where))), params
 
 
 def _column(model: type[peewee.Model], name: str) -> str:
@@ -91,9 +104,10 @@ def _insert_sql(model: type[peewee.Model], names: tuple[str, ...]) -> str:
 @functools.lru_cache(maxsize=1024)
 def _update_sql(model: type[peewee.Model], shape: tuple[tuple[str, ...], ...]) -> str:
     values, increment, merge, where = shape
-    assignments = [f"{_column(model, name)} = %s" for name in values]
+    assignments = [f"{_column(model, name)} = %(set_{name})s" for name in values]
     assignments += [f"{_column(model, name)} = {_column(model, name)} + 1" for name in increment]
-    assignments += [f"{_column(model, name)} = {_column(model, name)} || %s" for name in merge]
-    conditions = [f"{_column(model, name)} = %s" for name in (model._meta.primary_key.name, *where)]
+    assignments += [f"{_column(model, name)} = {_column(model, name)} || %(merge_{name})s" for name in merge]
+    conditions = [f"{_column(model, model._meta.primary_key.name)} = %(where_id)s"]
+    conditions += [f"{_column(model, name)} = %(where_{name})s" for name in where]
     table = _quoted(model._meta.table_name)
     return f"UPDATE {table} SET {', '.join(assignments)} WHERE {' AND '.join(conditions)}"

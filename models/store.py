@@ -38,6 +38,7 @@ __all__ = [
     "schedule_deletion",
     "confirm_deletion",
     "write_status",
+    "status_update",
     "merge_status",
     "request_reconcile",
     "write_fields",
@@ -202,22 +203,33 @@ def write_status(
     ``status`` keys replace those of the stored status; other keys stay (a
     reconciler's ``inventory``, say: see :func:`merge_status`).
     """
+    sql, params = status_update(model, object_id, generation=generation, status=status, observed=observed, **flags)
+    return model._meta.database.execute_sql(sql, params).rowcount == 1
+
+
+def status_update(
+    model: type[ReconciledModel],
+    object_id: uuid.UUID | str,
+    *,
+    generation: int,
+    status: Mapping[str, Any],
+    observed: bool = True,
+    **flags: bool,
+) -> tuple[str, dict[str, Any]]:
+    """The UPDATE statement (SQL, named parameters) of :func:`write_status`, for a statement that embeds it."""
     unknown = set(flags) - STATUS_FLAGS
     if unknown:
         raise TypeError(f"write_status() got unknown flags {sorted(unknown)}")
     values: dict[str, Any] = {"updated_at": utcnow(), **flags}
     if observed:
         values["observed_generation"] = generation
-    return (
-        statements.update_by_id(
-            model,
-            _parse_id(model, object_id),
-            values,
-            increment=("resource_version",),
-            merge={"status": checked_status(status)},
-            where={"generation": generation},
-        )
-        == 1
+    return statements.update(
+        model,
+        _parse_id(model, object_id),
+        values,
+        increment=("resource_version",),
+        merge={"status": checked_status(status)},
+        where={"generation": generation},
     )
 
 
@@ -275,7 +287,7 @@ def write_fields(model: type[ReconciledModel], object_id: uuid.UUID | str, value
 # Reads ----------------------------------------------------------------------------
 
 
-@transactional(read_only=True)
+@transactional(single_statement=True)
 def get(model: type[K], object_id: uuid.UUID | str) -> K:
     """The object with ``object_id``; raises NotFound."""
     return _load(model, object_id)

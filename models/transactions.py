@@ -8,9 +8,9 @@ with full jitter, so racing clients spread out) and runs it again from the
 start. The function must therefore do nothing but database work, or work
 that is safe to repeat.
 
-A function that only reads, with one statement, needs no transaction of
-its own: ``read_only=True`` runs it without BEGIN and COMMIT (the statement
-is atomic on its own), saving two round trips, with the same retries.
+A function that runs a single statement needs no transaction of its own:
+``single_statement=True`` runs it without BEGIN and COMMIT (the statement is
+atomic on its own), saving two round trips, with the same retries.
 
 A call made while a transaction is already open joins it: only the
 outermost call owns the transaction, so only it can retry (a retry must
@@ -47,14 +47,16 @@ def run_in_transaction(
     attempts: int = 10,
     base_delay: float = 0.005,
     max_delay: float = 0.5,
-    read_only: bool = False,
+    single_statement: bool = False,
 ) -> T:
     """Return ``fn()`` run in one transaction, retried on SQLSTATE 40001 / 40P01.
 
     Parameters:
       database: the database to use; :data:`models.database.db` by default.
-      read_only: ``fn`` runs a single statement that writes nothing: no
-        BEGIN/COMMIT around it (it is its own transaction).
+      single_statement: ``fn`` runs one statement, atomic on its own: no
+        BEGIN/COMMIT around it. Should its connection turn out dead, it runs
+        again on a new one (a statement that gets no answer at all was most
+        likely never received; it must be safe to repeat regardless).
       attempts: runs of ``fn`` before giving up.
       base_delay: seconds of the first backoff; it doubles per attempt.
       max_delay: the cap on one backoff.
@@ -76,7 +78,7 @@ def run_in_transaction(
         attempts=attempts,
         base_delay=base_delay,
         max_delay=max_delay,
-        read_only=read_only,
+        single_statement=single_statement,
     )
     try:
         try:
@@ -84,7 +86,7 @@ def run_in_transaction(
                 return retrying()
         except _DeadConnection:
             # The pooled connection died while idle (server restart, idle kill): BEGIN
-            # (or the lone read) failed, so nothing was written. Its check-in
+            # (or the single statement) failed without an answer. Its check-in
             # discarded it; run on a new one.
             with _connection(database):
                 return retrying()
@@ -116,11 +118,11 @@ def _retrying(
     attempts: int,
     base_delay: float,
     max_delay: float,
-    read_only: bool,
+    single_statement: bool,
 ) -> T:
     for attempt in itertools.count(1):
         try:
-            return _run_once(fn, database, read_only)
+            return _run_once(fn, database, single_statement)
         except Exception as exc:
             if sqlstate(exc) not in RETRYABLE:
                 raise
@@ -129,9 +131,9 @@ def _retrying(
         time.sleep(_backoff(attempt, base_delay=base_delay, max_delay=max_delay))
 
 
-def _run_once(fn: Callable[[], T], database: peewee.Database, read_only: bool) -> T:
-    """``fn()`` once: alone when it only reads, else between BEGIN and COMMIT."""
-    if read_only:
+def _run_once(fn: Callable[[], T], database: peewee.Database, single_statement: bool) -> T:
+    """``fn()`` once: alone when it is a single statement, else between BEGIN and COMMIT."""
+    if single_statement:
         with _first_round_trip():
             return fn()
     transaction = database.atomic()
@@ -142,7 +144,7 @@ def _run_once(fn: Callable[[], T], database: peewee.Database, read_only: bool) -
 
 
 class _DeadConnection(Exception):
-    """Raised when the first statement (BEGIN, or a lone read) gets no answer: the pooled connection is dead."""
+    """Raised when the first statement (BEGIN, or a single statement) gets no answer: the connection is dead."""
 
 
 @contextlib.contextmanager

@@ -31,8 +31,7 @@ from dramatiq.message import Message
 from models import registry, store
 from models.base import ReconciledModel
 from models.errors import NotFound
-from models.events import NORMAL, WARNING, record_event
-from models.transactions import run_in_transaction
+from models.events import NORMAL, WARNING, write_status_and_record
 from workers import tracing
 from workers.broker import JetStreamBroker
 from workers.errors import LockError, LockLost
@@ -115,19 +114,17 @@ class ReconcileActor:
 
     def report(self, model: type[ReconciledModel], obj: ReconciledModel, report: Report) -> None:
         """Write the outcome for the generation reconciled, and its event when it was written."""
-
-        def write() -> None:
-            if store.write_status(
-                model,
-                obj.id,
-                generation=report.generation,
-                status=report.status,
-                observed=report.observed,
-                **report.flags,
-            ):
-                record_event(model.kind, obj.id, report.reason, report.message, type=report.event_type)
-
-        run_in_transaction(write)
+        write_status_and_record(
+            model,
+            obj.id,
+            generation=report.generation,
+            status=report.status,
+            observed=report.observed,
+            reason=report.reason,
+            message=report.message,
+            type=report.event_type,
+            **report.flags,
+        )
 
     def confirm_deletion(self, model: type[ReconciledModel], obj: ReconciledModel) -> None:
         store.confirm_deletion(model, obj.id)

@@ -6,6 +6,7 @@ import uuid
 
 from models import WorkloadDefinition, statements
 from models.base import utcnow
+from models.events import Event, write_status_and_record
 from models.gateways import DomainNameDefinition
 from models.outbox import Outbox
 
@@ -79,3 +80,38 @@ def test_an_update_by_id_sets_increments_merges_and_checks_its_conditions(databa
     after = WorkloadDefinition.get_by_id(definition.id)
     assert (after.reconciled, after.observed_generation, after.resource_version) == (True, 1, 2)
     assert after.status == {"phase": "Reconciled", "message": "", "inventory": {"a": 1}}
+
+
+def test_a_status_and_its_event_are_written_together_or_not_at_all(database):
+    # Given an object at generation 1
+    definition = a_workload_definition()
+    definition.save(force_insert=True)
+
+    def report(generation: int, reason: str = "Reconciled") -> bool:
+        return write_status_and_record(
+            WorkloadDefinition,
+            definition.id,
+            generation=generation,
+            status={"phase": reason, "message": ""},
+            reason=reason,
+            message="done",
+            reconciled=True,
+        )
+
+    def events() -> list[tuple[str, int]]:
+        rows = Event.select().where(Event.object_id == definition.id).order_by(Event.created_at)
+        return [(e.reason, e.count) for e in rows]
+
+    # When a report names a generation the object no longer has, then neither the status nor an event is written
+    assert report(2) is False
+    assert WorkloadDefinition.get_by_id(definition.id).resource_version == 1
+    assert events() == []
+
+    # When reports name its generation, then each writes the status, and a repeat counts its event up
+    assert report(1) is True
+    assert report(1) is True
+    assert report(1, reason="Failed") is True
+    after = WorkloadDefinition.get_by_id(definition.id)
+    assert (after.observed_generation, after.reconciled, after.resource_version) == (1, True, 4)
+    assert after.status == {"phase": "Failed", "message": "", "inventory": {"a": 1}}
+    assert events() == [("Reconciled", 2), ("Failed", 1)]

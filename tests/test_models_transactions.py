@@ -213,7 +213,7 @@ def test_a_read_runs_alone_and_is_replaced_on_a_dead_connection_like_a_transacti
     def backend_and_state():
         return database.execute_sql("SELECT pg_backend_pid(), now() = statement_timestamp()").fetchone()
 
-    backend, alone = run_in_transaction(backend_and_state, database=database, read_only=True)
+    backend, alone = run_in_transaction(backend_and_state, database=database, single_statement=True)
 
     # Then it ran on a new connection, outside any BEGIN (a transaction's now() is its start, not the statement's)
     assert backend != pid
@@ -235,5 +235,5 @@ def test_a_read_aborted_with_40001_is_retried(database):
         return count_definitions()
 
     # When it runs read-only, then the third run answers
-    assert run_in_transaction(read, read_only=True, base_delay=0.001) == 0
+    assert run_in_transaction(read, single_statement=True, base_delay=0.001) == 0
     assert len(runs) == 3

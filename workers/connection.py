@@ -183,5 +183,3 @@ async def _close_quietly(nc: NATS) -> None:
         await asyncio.wait_for(nc.close(), 2.0)
     except Exception:
         pass
-
-

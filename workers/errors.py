@@ -34,4 +34,3 @@ class LockHeld(LockError):
 
 class LockLost(LockError):
     """Raised when a lease is renewed after the key stopped being ours."""
-
