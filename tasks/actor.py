@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -34,8 +33,7 @@ from models.errors import NotFound
 from models.events import NORMAL, WARNING, write_status_and_record
 from workers import tracing
 from workers.broker import JetStreamBroker
-from workers.errors import LockError, LockLost
-from workers.locks import Lease, LockManager
+from workers.locks import LeaseKeeper, LockManager
 from workers.metrics import LOCK_CONTENTION, reconcile_timer
 
 from .errors import DependencyNotReady, PermanentError, TemporaryError
@@ -61,6 +59,7 @@ class ReconcileActor:
         self.broker = broker
         self.locks = locks
         self.lock_ttl = lock_ttl
+        self.renewals = LeaseKeeper()  # one thread renews the locks of every reconcile running here
 
     def __call__(self, kind: str, object_id: str, generation: int, requeues: int = 0) -> None:
         try:
@@ -74,8 +73,7 @@ class ReconcileActor:
             LOCK_CONTENTION.labels(model.kind).inc()
             self.requeue(model, object_id, generation, requeues=requeues, delay=_locked_backoff(requeues))
             return
-        renewer = _Renewer(lease)
-        renewer.start()
+        kept = self.renewals.keep(lease)
         try:
             with reconcile_timer(model.kind) as outcome, _reconcile_span(model, object_id, generation) as span:
                 try:
@@ -83,9 +81,9 @@ class ReconcileActor:
                 finally:
                     span.set_attribute("threeport.result", outcome.result or "error")
         finally:
-            renewer.stop()
+            self.renewals.drop(kept)
             lease.release()
-        if renewer.lost:
+        if kept.lost:
             logger.warning("Lost the lock of %s %s while reconciling it.", kind, object_id)
 
     def requeue(
@@ -224,30 +222,6 @@ def _dependencies_must_be_ready(obj: ReconciledModel) -> None:
             raise DependencyNotReady(
                 f"waiting for {target.kind} {row.name!r} to be reconciled" + (f" ({why})" if why else ""), delay=None
             )
-
-
-class _Renewer(threading.Thread):
-    """Renews a lease every third of its TTL until stopped, or until the lease is lost."""
-
-    def __init__(self, lease: Lease) -> None:
-        super().__init__(name=f"renew {lease.key}", daemon=True)
-        self.lease = lease
-        self.lost = False
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.lease.ttl / 3):
-            try:
-                self.lease.renew()
-            except LockLost:
-                self.lost = True
-                return
-            except LockError:
-                logger.warning("Could not renew %r; trying again.", self.lease.key, exc_info=True)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join()
 
 
 def _reconcile_span(model: type[ReconciledModel], object_id: str, generation: int):

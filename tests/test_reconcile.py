@@ -19,9 +19,10 @@ from models import (
     store,
 )
 from tasks import reconcilers
-from tasks.actor import _Renewer, declare_actors
+from tasks.actor import declare_actors
 from tasks.errors import DependencyNotReady, PermanentError
 from tasks.workloads import parse_documents
+from workers.locks import LeaseKeeper
 from workers.outbox_relay import message_for, publish_rows
 
 from .reconciling import observed as observed_of
@@ -188,17 +189,32 @@ def test_an_unexpected_error_is_shown_and_retried(broker, reconciling, calls):
     assert calls.count == 3
 
 
-def test_the_lock_is_renewed_while_the_reconciler_runs(locks):
-    # Given a 1-second lease renewed in the background
-    lease = locks.acquire("WorkloadDefinition.renewed", ttl=1.5)
-    renewer = _Renewer(lease)
-    renewer.start()
+def test_one_thread_renews_every_lock_held_while_reconcilers_run(locks):
+    # Given two leases of 1.5 s, kept by one keeper
+    keeper = LeaseKeeper()
+    leases = [locks.acquire(f"WorkloadDefinition.renewed-{n}", ttl=1.5) for n in range(2)]
+    kept = [keeper.keep(lease) for lease in leases]
 
-    # When it is held past its TTL, then it is still ours
+    # When they are held past their TTL, then both are still ours
     time.sleep(2.5)
-    renewer.stop()
-    assert not renewer.lost and locks.holder_of("WorkloadDefinition.renewed")["revision"] == lease.revision
-    assert lease.release()
+    for each in kept:
+        keeper.drop(each)
+    assert not any(each.lost for each in kept)
+    assert all(locks.holder_of(lease.key)["revision"] == lease.revision for lease in leases)
+    assert all(lease.release() for lease in leases)
+
+
+def test_a_kept_lock_that_someone_else_took_is_reported_lost(locks):
+    # Given a lease that expired and was taken by another holder
+    stale = locks.acquire("WorkloadDefinition.stolen", ttl=1.0)
+    thief = wait_for(lambda: locks.acquire("WorkloadDefinition.stolen", ttl=30.0), timeout=5)
+
+    # When the stale lease is kept, then its first renewal finds the key no longer its own
+    kept = LeaseKeeper().keep(stale)
+    wait_for(lambda: kept.lost, timeout=5)
+    # And the new holder keeps the lock
+    assert locks.holder_of("WorkloadDefinition.stolen")["revision"] == thief.revision
+    assert thief.release()
 
 
 @pytest.mark.parametrize(
@@ -296,7 +312,6 @@ def test_a_kind_without_a_reconciler_fails_visibly(broker, reconciling, monkeypa
     assert [(e.reason, e.type) for e in Event.select().where(Event.object_id == written.obj.id)] == [
         ("Failed", "Warning")
     ]
-
 
 
 def test_instances_apply_their_definitions_new_documents(broker, reconciling, monkeypatch):

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
 import socket
 import threading
+import time
 from typing import Iterator, Optional, Sequence
 
 import nats.js.errors
@@ -29,7 +31,9 @@ from .connection import Connection
 from .errors import InvalidName, JetStreamError, LockError, LockHeld, LockLost
 from .replicas import STREAM_NAME_IN_USE, raise_replicas
 
-__all__ = ["LockManager", "Lease"]
+__all__ = ["LockManager", "Lease", "LeaseKeeper", "Kept"]
+
+logger = logging.getLogger(__name__)
 
 KEY = re.compile(r"[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*")
 BUCKET = re.compile(r"[a-zA-Z0-9_-]+")
@@ -76,6 +80,71 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"<Lease {self.key!r} revision={self.revision}>"
+
+
+class Kept:
+    """A lease a :class:`LeaseKeeper` renews; ``lost`` once a renewal found the key no longer ours."""
+
+    __slots__ = ("lease", "due", "lost")
+
+    def __init__(self, lease: Lease, due: float) -> None:
+        self.lease = lease
+        self.due = due
+        self.lost = False
+
+
+class LeaseKeeper:
+    """Renews held leases every third of their TTL, from one thread however many leases there are.
+
+    ``kept = keeper.keep(lease)`` when the work under the lease starts,
+    ``keeper.drop(kept)`` before releasing it. A renewal racing the release
+    is safe: a lease renews and releases under its own lock, and a lease
+    released first refuses to renew. A renewal that fails for any other
+    reason (NATS unreachable) is tried again a second later.
+    """
+
+    def __init__(self, *, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        self._kept: set[Kept] = set()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._pid = 0
+
+    def keep(self, lease: Lease) -> Kept:
+        kept = Kept(lease, time.monotonic() + lease.ttl / 3)
+        with self._lock:
+            self._kept.add(kept)
+            if self._thread is None or self._pid != os.getpid():  # none yet, or not in this (forked) process
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="lease renewals", daemon=True)
+                self._thread.start()
+        return kept
+
+    def drop(self, kept: Kept) -> None:
+        with self._lock:
+            self._kept.discard(kept)
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                due = [kept for kept in self._kept if kept.due <= now]
+                soonest = min((kept.due for kept in self._kept), default=now + 1.0)
+            for kept in due:
+                self._renew(kept)
+            if not due:
+                time.sleep(min(1.0, max(0.01, soonest - now)))  # a new lease is due a third of its TTL later
+
+    def _renew(self, kept: Kept) -> None:
+        try:
+            kept.lease.renew()
+            kept.due = time.monotonic() + kept.lease.ttl / 3
+        except LockLost:
+            kept.lost = True
+            self.drop(kept)
+        except LockError:
+            logger.warning("Could not renew %r; trying again.", kept.lease.key, exc_info=True)
+            kept.due = time.monotonic() + self.retry_after
 
 
 class LockManager:
