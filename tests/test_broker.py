@@ -12,6 +12,7 @@ from dramatiq.errors import ConnectionClosed, ConnectionFailed, QueueJoinTimeout
 from dramatiq.message import Message
 
 from cli.local_servers import NatsServer, free_port
+from workers import consumer as consumer_module
 from workers import dead_letters
 from workers.consumer import JetStreamMessage
 from workers.naming import DURABLE
@@ -314,6 +315,36 @@ def test_prefetch_bounds_what_a_consumer_holds(broker):
     assert next(consumer) is not None
     assert next(consumer) is None
     consumer.close()
+
+
+def test_messages_are_handed_over_as_they_come_without_waiting_for_a_full_batch(broker, monkeypatch):
+    # Given pulls that may wait five seconds on the server for their batch, and one message waiting
+    monkeypatch.setattr(consumer_module, "PULL_WAIT", 5.0)
+
+    @dramatiq.actor(queue_name="trickle")
+    def noop():
+        pass
+
+    noop.send()
+
+    # When a consumer with room for eight starts, then it has the message well before five seconds
+    consumer = broker.consume("trickle", prefetch=8, timeout=100)
+    assert _next_within(consumer, 2.5) is not None
+    # And so it has one more that comes while it is idle
+    time.sleep(0.5)
+    noop.send()
+    assert _next_within(consumer, 2.5) is not None
+    consumer.close()
+
+
+def _next_within(consumer, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = next(consumer)
+        if message is not None:
+            consumer.ack(message)
+            return message
+    return None
 
 
 def test_shutdown_hands_prefetched_messages_back_at_once(make_broker):

@@ -220,9 +220,19 @@ class JetStreamConsumer(Consumer):
             self._room.set()
 
     async def _pull(self) -> None:
+        """Fetch messages into the buffer while it has room, each as soon as it is there.
+
+        A fetch that finds nothing waiting blocks on the server until its
+        whole batch has come (or PULL_WAIT has passed), so a batch larger than
+        what waits would hold early messages back for up to PULL_WAIT. Each
+        fetch therefore asks for at most what the last message said was still
+        pending after it (``num_pending``), and for one when nothing was:
+        large pulls under a backlog, no wait at a trickle.
+        """
         assert self._sub is not None and self._room is not None
         # Pull again only once a quarter of the prefetch is free: fewer, larger pulls.
         low_water = max(1, self.prefetch // 4)
+        pending = 0  # messages the server said were waiting after the last one fetched
         while not self._stopping:
             self._pulled_at = time.monotonic()
             room = self.prefetch - len(self._held)
@@ -233,8 +243,9 @@ class JetStreamConsumer(Consumer):
                 self._full = False
                 continue
             try:
-                deliveries = await self._sub.fetch(room, timeout=PULL_WAIT)
+                deliveries = await self._sub.fetch(max(1, min(room, pending)), timeout=PULL_WAIT)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                pending = 0
                 continue
             except nats.errors.ConnectionClosedError:
                 self._error = "the NATS connection is closed"
@@ -242,6 +253,7 @@ class JetStreamConsumer(Consumer):
             except nats.js.errors.APIError as exc:
                 self._error = f"pulling from {self.queue_name!r} failed: {exc}"
                 return
+            pending = deliveries[-1].metadata.num_pending if deliveries else 0
             for delivery in deliveries:
                 await self._accept(delivery)
 
