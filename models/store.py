@@ -27,7 +27,7 @@ from . import statements
 from .base import LIFECYCLE_FIELDS, KindModel, ReconciledModel, RecordModel, utcnow
 from .errors import Conflict, InvalidObject, NotFound, PreconditionFailed, sqlstate
 from .outbox import Outbox
-from .transactions import transactional
+from .transactions import run_in_transaction, transactional
 from .validation import checked_fields, checked_status, filter_value
 
 __all__ = [
@@ -92,20 +92,32 @@ class Written(Generic[M]):
 # Writes ---------------------------------------------------------------------------
 
 
-@transactional
 def create(model: type[M], fields: Mapping[str, Any]) -> Written[M]:
     """Insert a new object at generation 1 and ask for its reconciliation.
+
+    The object's row and its outbox row go to the database together, in one
+    round trip; an object that references others is checked and inserted in
+    a transaction, since its references must still be there at the commit.
 
     Raises InvalidObject (unknown, server-managed, missing or bad field) or
     Conflict (the name is taken).
     """
     values = checked_fields(model, fields, creating=True)
+    references = any(
+        value is not None and isinstance(model._meta.fields[name], peewee.ForeignKeyField)
+        for name, value in values.items()
+    )
+    return run_in_transaction(lambda: _create(model, values), single_statement=not references)
+
+
+def _create(model: type[M], values: dict[str, Any]) -> Written[M]:
     _check_object(model, values, values)
     now = utcnow()
     obj = model(**values, created_at=now, updated_at=now)
+    outbox = [Outbox.for_object(obj)] if obj.reconcilable else []
     with _unique(model, obj.name):
-        statements.insert(obj)
-    return Written(obj, _enqueued(obj))
+        statements.insert(obj, *outbox)
+    return Written(obj, outbox)
 
 
 @transactional

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+import peewee
+import pytest
+
 from models import WorkloadDefinition, statements
 from models.base import utcnow
 from models.events import Event, write_status_and_record
@@ -37,6 +40,23 @@ def test_an_inserted_object_reads_back_through_peewee_with_every_field(database)
         assert read == {name: obj.__data__.get(name) for name in read}
         assert set(obj.__data__) <= set(read)
         assert not obj.dirty_fields
+
+
+def test_rows_inserted_together_are_all_inserted_or_none(database):
+    # Given an outbox row already saved, and a new object
+    definition = a_workload_definition()
+    taken = Outbox.for_object(definition)
+    taken.save(force_insert=True)
+
+    # When the object and a row with the taken id are inserted together, outside any transaction
+    clash = Outbox.for_object(definition)
+    clash.id = taken.id
+    with pytest.raises(peewee.IntegrityError):
+        statements.insert(definition, clash)
+
+    # Then the object was not inserted either
+    assert WorkloadDefinition.select().count() == 0
+    assert Outbox.select().count() == 1
 
 
 def test_a_row_selected_by_id_is_the_one_peewee_selects(database):
