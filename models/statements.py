@@ -51,22 +51,9 @@ def insert(*objs: peewee.Model) -> None:
         obj._dirty.clear()  # saved, as after save()
 
 
-def update_by_id(
-    model: type[peewee.Model],
-    object_id: uuid.UUID,
-    values: Mapping[str, Any],
-    *,
-    increment: Iterable[str] = (),
-    merge: Optional[Mapping[str, Mapping[str, Any]]] = None,
-    where: Optional[Mapping[str, Any]] = None,
-) -> int:
-    """Update one row by id: how many rows changed (0 or 1).
-
-    ``values`` sets fields; each field of ``increment`` goes up by one; each
-    JSON field of ``merge`` gets the keys given merged into it (``||``);
-    ``where`` adds equality conditions (``{"generation": 3}``).
-    """
-    sql, params = update(model, object_id, values, increment=increment, merge=merge, where=where)
+def update_by_id(model: type[peewee.Model], object_id: uuid.UUID, values: Mapping[str, Any], **clauses: Any) -> int:
+    """Run :func:`update`: how many rows changed (0 or 1)."""
+    sql, params = update(model, object_id, values, **clauses)
     return model._meta.database.execute_sql(sql, params).rowcount
 
 
@@ -79,7 +66,12 @@ def update(
     merge: Optional[Mapping[str, Mapping[str, Any]]] = None,
     where: Optional[Mapping[str, Any]] = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The SQL and named parameters of :func:`update_by_id`, for a statement that embeds it."""
+    """The UPDATE of one row by id, as SQL and named parameters (to run, or to embed in a larger statement).
+
+    ``values`` sets fields; each field of ``increment`` goes up by one; each
+    JSON field of ``merge`` gets the keys given merged into it (``||``);
+    ``where`` adds equality conditions (``{"generation": 3}``).
+    """
     merge = merge or {}
     where = where or {}
     fields = model._meta.fields
