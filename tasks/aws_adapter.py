@@ -24,12 +24,19 @@ threeport object's kind and id), so a retry can find what an earlier,
 interrupted attempt made instead of making it again. While tracing is on,
 each call (its retries included) is a client span ``<service>/<operation>``
 naming the region and, when it fails, AWS's error code.
+
+One call of the AWS work is not to AWS's API: :func:`presented_chain`
+reads the certificates an EKS cluster's OIDC issuer presents, for the
+thumbprint IAM wants. It lives here too, so that this module stays the only
+door to the outside world for AWS.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -61,6 +68,7 @@ __all__ = [
     "tag_dict",
     "TAG_KIND",
     "TAG_ID",
+    "presented_chain",
 ]
 
 #: Tag keys every resource carries: which threeport object made it.
@@ -444,3 +452,23 @@ def translate(exc: BaseException, what: str) -> Optional[AwsError]:
     if code in PERMANENT_CODES or code.startswith(("InvalidParameter", "Invalid", "AccessDenied")):
         return AwsPermanentError(text, code=code, operation=what)
     return AwsError(text, code=code, operation=what)
+
+
+def presented_chain(
+    host: str, port: int = 443, *, timeout: float, context: Optional[ssl.SSLContext] = None
+) -> Optional[list[bytes]]:
+    """The certificates ``host`` presents in a verified TLS handshake (DER, its own first); None when it fails.
+
+    Verified against the system's CAs, or ``context``'s. None when the host
+    cannot be reached in ``timeout`` seconds or its chain does not verify.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with (context or ssl.create_default_context()).wrap_socket(raw, server_hostname=host) as tls:
+                if hasattr(tls, "get_unverified_chain"):  # Python 3.13 and later
+                    return list(tls.get_unverified_chain())
+                # Python 3.11 and 3.12 have it on the socket's SSL object only, as certificates that give PEM
+                chain = tls._sslobj.get_unverified_chain() or []
+                return [ssl.PEM_cert_to_DER_cert(certificate.public_bytes()) for certificate in chain]
+    except OSError:  # unreachable, unverified or timed out (ssl errors are OSErrors)
+        return None

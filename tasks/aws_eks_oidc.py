@@ -13,13 +13,12 @@ teardown deletes it before the cluster goes.
 from __future__ import annotations
 
 import hashlib
-import socket
 import ssl
 import urllib.parse
 from typing import Any, Optional
 
 from . import aws_irsa
-from .aws_adapter import TAG_ID, AwsConflict, AwsNotFound, tag_dict, tag_list, tags_for
+from .aws_adapter import TAG_ID, AwsConflict, AwsNotFound, presented_chain, tag_dict, tag_list, tags_for
 from .aws_eks_build import TAG_PART, Build
 from .aws_eks_cluster import describe_cluster
 from .errors import PermanentError
@@ -42,31 +41,18 @@ def issuer_thumbprint(
     """The SHA-1 thumbprint (hex) IAM wants for ``issuer``: of the last certificate its server presents.
 
     That is the root-most certificate of the chain (the last one ``openssl
-    s_client -showcerts`` prints, as AWS's instructions have it), read from a
-    handshake verified against the system's CAs (or ``context``'s). It is the
-    one call of the EKS build that is not to AWS's API. When the issuer cannot
-    be reached or verified, :data:`EKS_OIDC_THUMBPRINT` is used.
+    s_client -showcerts`` prints, as AWS's instructions have it), read by
+    :func:`tasks.aws_adapter.presented_chain` from a handshake verified
+    against the system's CAs (or ``context``'s). When the issuer cannot be
+    reached or verified, :data:`EKS_OIDC_THUMBPRINT` is used.
     """
     url = urllib.parse.urlsplit(issuer)
     try:
         host, port = url.hostname, url.port or 443
-        if not host:
-            return EKS_OIDC_THUMBPRINT
-        with socket.create_connection((host, port), timeout=timeout) as raw:
-            with (context or ssl.create_default_context()).wrap_socket(raw, server_hostname=host) as tls:
-                chain = _presented_chain(tls)
-    except (OSError, ValueError):  # unreachable, unverified or timed out (ssl errors are OSErrors); a bad port
+    except ValueError:  # a bad port
         return EKS_OIDC_THUMBPRINT
+    chain = presented_chain(host, port, timeout=timeout, context=context) if host else None
     return hashlib.sha1(chain[-1]).hexdigest() if chain else EKS_OIDC_THUMBPRINT
-
-
-def _presented_chain(tls: ssl.SSLSocket) -> list[bytes]:
-    """The certificates the server sent (DER, its own first)."""
-    if hasattr(tls, "get_unverified_chain"):  # Python 3.13 and later
-        return list(tls.get_unverified_chain())
-    # Python 3.11 and 3.12 have it on the socket's SSL object only, as certificates that give PEM
-    chain = tls._sslobj.get_unverified_chain() or []
-    return [ssl.PEM_cert_to_DER_cert(certificate.public_bytes()) for certificate in chain]
 
 
 # Making -----------------------------------------------------------------------------------------
