@@ -14,7 +14,7 @@ wrote it (:data:`TRACE_KEY`), which its message carries on.
 from __future__ import annotations
 
 import uuid
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import peewee
 from playhouse.postgres_ext import BinaryJSONField
@@ -55,8 +55,8 @@ class Outbox(BaseModel):
         table_name = "outbox"
 
     @classmethod
-    def for_object(cls, obj: ReconciledModel) -> "Outbox":
-        """A row (not saved yet) asking ``obj``'s actor to reconcile its current generation."""
+    def for_object(cls, obj: ReconciledModel, **fields: Any) -> "Outbox":
+        """A row (not saved yet) asking ``obj``'s actor to reconcile its current generation; ``fields``: its id, say."""
         payload = {"kind": obj.kind, "object_id": str(obj.id), "generation": obj.generation}
         trace = _trace_context() if _trace_context is not None else None
         if trace:
@@ -68,4 +68,5 @@ class Outbox(BaseModel):
             object_id=obj.id,
             generation=obj.generation,
             payload=payload,
+            **fields,
         )

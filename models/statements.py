@@ -29,12 +29,14 @@ def select_by_id(model: type[M], object_id: uuid.UUID, *, for_update: bool = Fal
     return rows[0] if rows else None
 
 
-def insert(*objs: peewee.Model) -> None:
+def insert(*objs: peewee.Model, if_absent: bool = False) -> None:
     """Insert each object with the values it holds (its defaults included), as ``save(force_insert=True)`` would.
 
     They go to the server in one round trip, as one batch of statements:
     outside a transaction, the server runs the batch as one transaction of
-    its own (PostgreSQL and CockroachDB alike).
+    its own (PostgreSQL and CockroachDB alike). With ``if_absent``, a row
+    whose id is already there is left as it is (``ON CONFLICT (id) DO
+    NOTHING``): the batch run again after its answer was lost.
     """
     sql: list[str] = []
     params: list[Any] = []
@@ -43,7 +45,7 @@ def insert(*objs: peewee.Model) -> None:
         data = obj.__data__
         names = tuple(name for name in model._meta.sorted_field_names if name in data)
         fields = model._meta.fields
-        sql.append(_insert_sql(model, names))
+        sql.append(_insert_sql(model, names, if_absent))
         params += [fields[name].db_value(data[name]) for name in names]
     if sql:
         objs[0]._meta.database.execute_sql("; ".join(sql), params)
@@ -99,10 +101,11 @@ def _select_sql(model: type[peewee.Model], for_update: bool) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _insert_sql(model: type[peewee.Model], names: tuple[str, ...]) -> str:
+def _insert_sql(model: type[peewee.Model], names: tuple[str, ...], if_absent: bool) -> str:
     columns = ", ".join(_column(model, name) for name in names)
     placeholders = ", ".join(["%s"] * len(names))
-    return f"INSERT INTO {_quoted(model._meta.table_name)} ({columns}) VALUES ({placeholders})"
+    sql = f"INSERT INTO {_quoted(model._meta.table_name)} ({columns}) VALUES ({placeholders})"
+    return sql + f" ON CONFLICT ({_column(model, model._meta.primary_key.name)}) DO NOTHING" if if_absent else sql
 
 
 @functools.lru_cache(maxsize=1024)

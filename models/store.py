@@ -98,6 +98,8 @@ def create(model: type[M], fields: Mapping[str, Any]) -> Written[M]:
     The object's row and its outbox row go to the database together, in one
     round trip; an object that references others is checked and inserted in
     a transaction, since its references must still be there at the commit.
+    Their ids are chosen once, so that a run again after a lost answer (the
+    rows may be in) finds them there rather than failing on the name.
 
     Raises InvalidObject (unknown, server-managed, missing or bad field) or
     Conflict (the name is taken).
@@ -107,16 +109,17 @@ def create(model: type[M], fields: Mapping[str, Any]) -> Written[M]:
         value is not None and isinstance(model._meta.fields[name], peewee.ForeignKeyField)
         for name, value in values.items()
     )
-    return run_in_transaction(lambda: _create(model, values), single_statement=not references)
+    ids = (uuid.uuid4(), uuid.uuid4())
+    return run_in_transaction(lambda: _create(model, values, *ids), single_statement=not references)
 
 
-def _create(model: type[M], values: dict[str, Any]) -> Written[M]:
+def _create(model: type[M], values: dict[str, Any], object_id: uuid.UUID, outbox_id: uuid.UUID) -> Written[M]:
     _check_object(model, values, values)
     now = utcnow()
-    obj = model(**values, created_at=now, updated_at=now)
-    outbox = [Outbox.for_object(obj)] if obj.reconcilable else []
+    obj = model(**values, id=object_id, created_at=now, updated_at=now)
+    outbox = [Outbox.for_object(obj, id=outbox_id)] if obj.reconcilable else []
     with _unique(model, obj.name):
-        statements.insert(obj, *outbox)
+        statements.insert(obj, *outbox, if_absent=True)
     return Written(obj, outbox)
 
 

@@ -7,7 +7,7 @@ import uuid
 import peewee
 import pytest
 
-from models import WorkloadDefinition, statements
+from models import Conflict, WorkloadDefinition, statements, store
 from models.base import utcnow
 from models.events import Event, write_status_and_record
 from models.gateways import DomainNameDefinition
@@ -135,3 +135,26 @@ def test_a_status_and_its_event_are_written_together_or_not_at_all(database):
     assert (after.observed_generation, after.reconciled, after.resource_version) == (1, True, 4)
     assert after.status == {"phase": "Failed", "message": "", "inventory": {"a": 1}}
     assert events() == [("Reconciled", 2), ("Failed", 1)]
+
+
+def test_a_create_run_again_after_its_answer_was_lost_finds_its_rows_and_succeeds(database, monkeypatch):
+    # Given a database whose answer to the create's batch is lost after the batch was committed
+    real_insert = statements.insert
+    answers_lost = []
+
+    def insert_then_lose_the_answer(*objs, **options):
+        real_insert(*objs, **options)
+        if not answers_lost:
+            answers_lost.append(objs)
+            raise peewee.InterfaceError("connection already closed")  # no SQLSTATE: no answer came
+
+    monkeypatch.setattr(statements, "insert", insert_then_lose_the_answer)
+
+    # When an object is created, then it is created once, with its one outbox row, and no Conflict
+    written = store.create(DomainNameDefinition, {"name": "d", "domain": "example.com", "admin_email": "a@b.c"})
+    assert answers_lost
+    assert [o.id for o in DomainNameDefinition.select()] == [written.obj.id]
+    assert [row.id for row in Outbox.select()] == [row.id for row in written.outbox]
+    # And a second create of the name is still refused
+    with pytest.raises(Conflict):
+        store.create(DomainNameDefinition, {"name": "d", "domain": "example.com", "admin_email": "a@b.c"})
