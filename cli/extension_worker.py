@@ -36,6 +36,7 @@ def serve(
     import dramatiq
 
     from tasks.extensions import declare_extension_actor, load_extensions
+    from workers import tracing
     from workers.broker import JetStreamBroker
     from workers.heartbeats import Heartbeats
     from workers.logs import add_message_context
@@ -56,8 +57,11 @@ def serve(
     with reported_errors():
         for extension in extensions:
             _register(extension, api)
+    traced = tracing.configure_from_env("threeport-extension")  # the OTEL_* variables, as for `threeport worker`
     broker = JetStreamBroker(nats_url, prefix=prefix, replicas=replicas, name="threeport-extension")
     add_message_context(broker)  # log lines carry the message, kind and object ids
+    if traced:
+        tracing.add_message_tracing(broker)  # a message continues the trace of the API request that caused it
     broker.add_middleware(MessageMetrics())
     broker.add_middleware(Heartbeats())  # listed by `threeport workers` like the core's workers
     dramatiq.set_broker(broker)
@@ -73,6 +77,7 @@ def serve(
         worker.stop(timeout=int(shutdown_timeout * 1000))
         broker.close()
         api.close()
+        tracing.shutdown()  # export the last spans
 
 
 def _register(extension, api: ApiClient, attempts: int = 30) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import httpx
 
+from workers import tracing
+
 __all__ = [
     # Errors
     "ClientError",
@@ -226,18 +228,26 @@ class ApiClient:
         json: Any = None,
         headers: Optional[dict[str, str]] = None,
     ) -> httpx.Response:
-        """Send one request; the answer when it is a success, :class:`ApiError` otherwise."""
+        """Send one request; the answer when it is a success, :class:`ApiError` otherwise.
+
+        While tracing is on, the request is a client span and carries its
+        context (``traceparent``), so the API's spans join the caller's trace.
+        """
         started = time.monotonic()
-        try:
-            request = self._http.build_request(method, path, params=params, json=json, headers=headers)
-        except httpx.InvalidURL as exc:
-            raise ClientError(f"invalid API URL {self.api_url}{path}: {exc}") from exc
-        try:
-            response = self._http.send(request)
-        except httpx.HTTPError as exc:
-            self._trace(request, f"failed ({type(exc).__name__})", started)
-            reason = _one_line(str(exc)) or type(exc).__name__
-            raise ApiError(None, "Unreachable", f"cannot reach the API at {self.api_url}: {reason}") from exc
+        attributes = {"http.request.method": method, "url.path": path}
+        with tracing.span(f"threeport API {method}", kind="client", attributes=attributes) as span:
+            headers = {**(headers or {}), **tracing.carrier()}
+            try:
+                request = self._http.build_request(method, path, params=params, json=json, headers=headers)
+            except httpx.InvalidURL as exc:
+                raise ClientError(f"invalid API URL {self.api_url}{path}: {exc}") from exc
+            try:
+                response = self._http.send(request)
+            except httpx.HTTPError as exc:
+                self._trace(request, f"failed ({type(exc).__name__})", started)
+                reason = _one_line(str(exc)) or type(exc).__name__
+                raise ApiError(None, "Unreachable", f"cannot reach the API at {self.api_url}: {reason}") from exc
+            span.set_attribute("http.response.status_code", response.status_code)
         self._trace(request, str(response.status_code), started)
         if response.status_code >= 400:
             raise ApiError.from_response(response)

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dramatiq import Worker
+from opentelemetry.trace import SpanKind
 from typer.testing import CliRunner
 
 from api.app import create_app
@@ -39,6 +40,7 @@ from workers.outbox_relay import publish_rows
 from .kube import runtime_for
 from .live_api import served
 from .reconciling import wait_for
+from .test_tracing import collected_spans, collector, spans  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fancy-workload"
@@ -186,3 +188,41 @@ def test_the_client_finds_extension_kinds_by_short_name_until_two_share_it(api_u
     for name in ("fancy.com/v1/FancyWorkload", "fancy.com/v1/fancy-workloads"):
         shown = cli("get", name, "-o", "json")
         assert [o["name"] for o in json.loads(shown.stdout)] == ["from-fancy.com"], shown.output
+
+
+@pytest.fixture
+def traced_env(collector, monkeypatch):  # noqa: F811
+    """The OTEL_* variables of a controller that exports its spans to the test's OTLP receiver."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "threeport-extension-test")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+
+
+def test_a_traced_controller_continues_the_api_trace(kube, http, spans, core_worker, traced_env, controller):  # noqa: F811
+    # Given a traced API (this process) and a controller started with the OTEL_* variables
+    runtime_for(kube.url, default=True)
+
+    # When a FancyWorkload is created and reconciled
+    created = http.post(FANCY, json={"name": "traced", "image": "nginx:1.27", "replicas": 1, "port": 80})
+    path = f"{FANCY}/{created.json()['id']}"
+    wait_for(lambda: http.get(path).json()["reconciled"], timeout=60)
+    controller.terminate()  # a graceful stop exports its last spans
+    assert controller.wait(30) == 0
+
+    # Then the controller's first message span continues the trace of the API's POST
+    roots = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER and s.parent is None]
+    [post] = [s for s in roots if s.attributes["http.request.method"] == "POST" and s.attributes["url.path"] == FANCY]
+    trace_id = post.context.trace_id.to_bytes(16, "big")
+    exported = [s for s in collected_spans("threeport-extension-test") if s.trace_id == trace_id]
+    consumers = {s.span_id: s for s in exported if s.name == "process ext.acmecorp.com"}
+    assert post.context.span_id.to_bytes(8, "big") in {s.parent_span_id for s in consumers.values()}
+    # And each reconcile (the first waits for its WorkloadInstance and is requeued) is a message's child
+    reconciles = {s.span_id: s for s in exported if s.name == "reconcile acmecorp.com/v1/FancyWorkload"}
+    assert len(reconciles) >= 1 and {s.parent_span_id for s in reconciles.values()} <= set(consumers)
+    # And its calls to the API are the reconciles' children
+    calls = {s.span_id: s for s in exported if s.name.startswith("threeport API ")}
+    assert calls and {s.parent_span_id for s in calls.values()} <= set(reconciles)
+    # And the API's spans for those calls are their children: one trace across the two processes
+    call_ids = {int.from_bytes(span_id, "big") for span_id in calls}
+    served = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER and s.parent is not None]
+    assert {s.parent.span_id for s in served} & call_ids
