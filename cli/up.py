@@ -232,4 +232,3 @@ def _wait_for(url: str, signals: list[int], children: list[subprocess.Popen], ti
 def _project_root() -> Optional[str]:
     root = Path(__file__).resolve().parent.parent
     return str(root) if (root / "cli").is_dir() else None
-
