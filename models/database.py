@@ -14,6 +14,12 @@ transaction checks a connection out and back in, so threads that come and
 go never strand one. Mind the server's limit (PostgreSQL's default
 ``max_connections`` is 100) when multiplying by processes.
 
+On PostgreSQL the statements of :mod:`models.statements` run as
+server-side prepared statements: each connection remembers which it has
+prepared (:class:`PreparingConnection`). A connection pooler in transaction
+mode (PgBouncer's) would hand a session another server connection between
+statements, so put none between the workers and PostgreSQL.
+
 Checking a connection out must be cheap: peewee's pool pings the server
 (``SELECT 1``) on every check-out while holding the pool-wide lock, which
 serialised every transaction of a process behind one round trip (a
@@ -25,13 +31,22 @@ discarded on check-in.
 from __future__ import annotations
 
 import peewee
+import psycopg2.extensions
 from playhouse.cockroachdb import PooledCockroachDatabase
 from playhouse.pool import PooledPostgresqlDatabase
 from psycopg2.extensions import ISOLATION_LEVEL_SERIALIZABLE
 
 from .errors import ConfigurationError
 
-__all__ = ["db", "bind", "database_from_url"]
+__all__ = ["db", "bind", "database_from_url", "PreparingConnection"]
+
+
+class PreparingConnection(psycopg2.extensions.connection):
+    """A psycopg2 connection that remembers the names of the statements it has prepared on its server."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: set[str] = set()
 
 
 class _CheckedLocally:
@@ -83,7 +98,9 @@ def database_from_url(
     dsn = "postgresql://" + rest
     if scheme in _COCKROACH_SCHEMES:
         return CockroachPool(dsn, **pool)
-    return PostgresPool(dsn, isolation_level=ISOLATION_LEVEL_SERIALIZABLE, **pool)
+    return PostgresPool(
+        dsn, isolation_level=ISOLATION_LEVEL_SERIALIZABLE, connection_factory=PreparingConnection, **pool
+    )
 
 
 def bind(database: peewee.Database | None) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import peewee
 
-from . import store
+from . import statements, store
 from .base import ReconciledModel, RecordModel, UTCDateTimeField, utcnow
 from .registry import register
 from .store import on_removal
@@ -104,7 +104,7 @@ def write_status_and_record(
     )
     params.update(_event_params(model.kind, object_id, reason, message, type))
     sql = _STATUS_AND_RECORD.replace("{update}", update)
-    return Event._meta.database.execute_sql(sql, params).fetchone()[0] == 1
+    return statements.execute(Event._meta.database, [(sql, params)]).fetchone()[0] == 1
 
 
 def _event_params(object_kind: str, object_id: uuid.UUID | str, reason: str, message: str, type: str) -> dict:

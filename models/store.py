@@ -218,8 +218,8 @@ def write_status(
     ``status`` keys replace those of the stored status; other keys stay (a
     reconciler's ``inventory``, say: see :func:`merge_status`).
     """
-    sql, params = status_update(model, object_id, generation=generation, status=status, observed=observed, **flags)
-    return model._meta.database.execute_sql(sql, params).rowcount == 1
+    update = status_update(model, object_id, generation=generation, status=status, observed=observed, **flags)
+    return statements.execute(model._meta.database, [update]).rowcount == 1
 
 
 def status_update(

@@ -6,11 +6,14 @@ import uuid
 
 import peewee
 import pytest
+from playhouse.pool import PooledPostgresqlDatabase
 
 from models import Conflict, WorkloadDefinition, statements, store
 from models.base import utcnow
+from models.database import bind
 from models.events import Event, write_status_and_record
 from models.gateways import DomainNameDefinition
+from models.migrations import migrate
 from models.outbox import Outbox
 
 
@@ -158,3 +161,49 @@ def test_a_create_run_again_after_its_answer_was_lost_finds_its_rows_and_succeed
     # And a second create of the name is still refused
     with pytest.raises(Conflict):
         store.create(DomainNameDefinition, {"name": "d", "domain": "example.com", "admin_email": "a@b.c"})
+
+
+def test_on_postgresql_each_connection_prepares_a_statement_once_and_runs_it_by_name(database):
+    # Given an object read twice on one connection
+    definition = a_workload_definition()
+    definition.save(force_insert=True)
+    with database.connection_context():
+        statements.select_by_id(WorkloadDefinition, definition.id)
+        statements.select_by_id(WorkloadDefinition, definition.id)
+
+        # Then the server holds the statement prepared once, and the connection knows it by name
+        prepared = database.execute_sql("SELECT name, statement FROM pg_prepared_statements").fetchall()
+        selects = [name for name, text in prepared if 'FROM "workload_definitions"' in text]
+        assert len(selects) == 1 and selects[0] in database.connection().prepared
+
+    # And a new connection prepares it again for itself
+    database.close_all()
+    with database.connection_context():
+        assert statements.select_by_id(WorkloadDefinition, definition.id).name == "web"
+
+
+def test_a_connection_that_cannot_remember_statements_runs_them_as_they_are(empty_database_url):
+    # Given the models bound to a pool of plain psycopg2 connections (as CockroachDB's are)
+    plain = PooledPostgresqlDatabase(empty_database_url)
+    migrate(plain)
+    bind(plain)
+    try:
+        # When an object is inserted with its outbox row, read, and its status written with its event
+        definition = a_workload_definition()
+        statements.insert(definition, Outbox.for_object(definition))
+        found = statements.select_by_id(WorkloadDefinition, definition.id)
+        written = write_status_and_record(
+            WorkloadDefinition,
+            definition.id,
+            generation=1,
+            status={"phase": "Reconciled"},
+            reason="Reconciled",
+            message="ok",
+        )
+
+        # Then each worked, and nothing was prepared on the server
+        assert found.name == "web" and written is True
+        assert plain.execute_sql("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
+    finally:
+        bind(None)
+        plain.close_all()
