@@ -117,7 +117,7 @@ def _create(model: type[M], values: dict[str, Any], object_id: uuid.UUID, outbox
     _check_object(model, values, values)
     now = utcnow()
     obj = model(**values, id=object_id, created_at=now, updated_at=now)
-    outbox = [Outbox.for_object(obj, id=outbox_id)] if obj.reconcilable else []
+    outbox = _outbox_rows(obj, id=outbox_id)
     with _unique(model, obj.name):
         statements.insert(obj, *outbox, if_absent=True)
     return Written(obj, outbox)
@@ -510,11 +510,14 @@ def _remove(obj: ReconciledModel) -> None:
 
 def _enqueued(obj: ReconciledModel) -> list[Outbox]:
     """The outbox row asking for ``obj``'s reconcile, saved; none for a kind nobody reconciles."""
-    if not obj.reconcilable:
-        return []
-    row = Outbox.for_object(obj)
-    statements.insert(row)
-    return [row]
+    rows = _outbox_rows(obj)
+    statements.insert(*rows)
+    return rows
+
+
+def _outbox_rows(obj: ReconciledModel, **fields: Any) -> list[Outbox]:
+    """The outbox row asking for ``obj``'s reconcile, not saved yet; none for a kind nobody reconciles."""
+    return [Outbox.for_object(obj, **fields)] if obj.reconcilable else []
 
 
 def _ago(seconds: float) -> dt.datetime:

@@ -30,6 +30,15 @@ def count_definitions() -> int:
     return WorkloadDefinition.select().count()
 
 
+def a_pooled_connection_killed_by_the_server(database, postgres_server) -> int:
+    """Put a connection back in the pool, then have the server kill it: its backend's pid."""
+    database.connect()
+    pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    database.close()
+    postgres_server.execute(f"SELECT pg_terminate_backend({pid})")
+    return pid
+
+
 def test_transactions_run_at_serializable_isolation(database):
     level = run_in_transaction(lambda: db.execute_sql("SHOW transaction_isolation").fetchone()[0])
     assert level == "serializable"
@@ -187,10 +196,7 @@ def test_an_unsupported_url_is_refused_without_showing_its_password():
 
 def test_a_pooled_connection_killed_while_idle_is_replaced_transparently(database, postgres_server):
     # Given a connection that went back to the pool, then was killed by the server
-    database.connect()
-    pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
-    database.close()
-    postgres_server.execute(f"SELECT pg_terminate_backend({pid})")
+    pid = a_pooled_connection_killed_by_the_server(database, postgres_server)
 
     # When the next transaction checks it out (without a ping: the check is local)
     def backend_pid():
@@ -204,10 +210,7 @@ def test_a_pooled_connection_killed_while_idle_is_replaced_transparently(databas
 
 def test_a_read_runs_alone_and_is_replaced_on_a_dead_connection_like_a_transaction(database, postgres_server):
     # Given a pooled connection the server killed while it was idle
-    database.connect()
-    pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
-    database.close()
-    postgres_server.execute(f"SELECT pg_terminate_backend({pid})")
+    pid = a_pooled_connection_killed_by_the_server(database, postgres_server)
 
     # When a read-only function runs: one statement, no transaction of its own
     def backend_and_state():
