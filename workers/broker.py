@@ -12,11 +12,9 @@ where they are kept for inspection and replay (:mod:`workers.admin`).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import json
-import secrets
 import time
 import uuid
 import weakref
@@ -40,6 +38,7 @@ from .replicas import STREAM_NAME_IN_USE, raise_replicas
 __all__ = ["JetStreamBroker", "QueueStats", "PartialEnqueue", "MSG_ID", "ETA_HEADER"]
 
 MSG_ID = "Nats-Msg-Id"
+BULK_ROUND = 1000  # publishes sent before their PubAcks are read
 DAY = 86400.0
 
 
@@ -198,13 +197,13 @@ class JetStreamBroker(Broker):
         delivered = message
         message, delay = self._prepare(message, delay)
         self.emit_before("enqueue", message, delay)
+        doing = f"enqueue on {message.queue_name!r}"
         try:
-            self.connection.run(
-                lambda: self._publish(message, delay, msg_id),
-                doing=f"enqueue on {message.queue_name!r}",
-                timeout=self.publish_timeout + (0 if self.connection.is_open else self.connection.connect_timeout),
-                eager=True,
+            self._ensure_queues({message.queue_name}, doing)
+            reply = self.connection.direct.request(
+                *self._publish_args(message, delay, msg_id), timeout=self.publish_timeout
             )
+            _confirmed(reply, doing)
         except BrokerError:
             # A retry of a message being processed could not be published. Dramatiq
             # would ack the original and lose it; keep the delivery instead, so
@@ -233,11 +232,13 @@ class JetStreamBroker(Broker):
         for m, d in prepared:
             self.emit_before("enqueue", m, d)
         ids = list(msg_ids) if msg_ids is not None else [None] * len(prepared)
-        results = self.connection.run(
-            lambda: self._publish_many(prepared, ids),
-            doing="bulk enqueue",
-            timeout=self.connection.connect_timeout + self.publish_timeout * 2 + len(prepared) / 1000,
-        )
+        self._ensure_queues({m.queue_name for m, _ in prepared}, "bulk enqueue")
+        results: list[Optional[BaseException]] = []
+        for start in range(0, len(prepared), BULK_ROUND):
+            round_ = zip(prepared[start : start + BULK_ROUND], ids[start : start + BULK_ROUND])
+            requests = [self._publish_args(message, delay, msg_id) for (message, delay), msg_id in round_]
+            replies = self.connection.direct.request_many(requests, timeout=self.publish_timeout + len(requests) / 1000)
+            results.extend(_failure_of(reply) for reply in replies)
         enqueued, failed, failed_indexes = [], [], set()
         for index, ((m, d), error) in enumerate(zip(prepared, results)):
             if error is None:
@@ -334,27 +335,16 @@ class JetStreamBroker(Broker):
                 headers[ETA_HEADER] = str(due)
         return subject, _encode(message), headers
 
-    async def _publish(self, message: Message, delay: Optional[int], msg_id: Optional[str]) -> dict:
-        # Run eagerly (no Task); the waiting thread's deadline bounds the PubAck wait.
-        await self.ensure_queue(message.queue_name)
-        nc = await self.connection.client()
-        return _pub_ack(await (await _send_request(nc, *self._publish_args(message, delay, msg_id))))
+    def _ensure_queues(self, queue_names: set[str], doing: str) -> None:
+        """Create the streams of the queues not yet created by this broker (through the loop thread)."""
+        missing = queue_names - self._ensured
 
-    async def _publish_many(
-        self, prepared: list[tuple[Message, Optional[int]]], ids: list[Optional[str]]
-    ) -> list[Optional[BaseException]]:
-        for queue_name in {m.queue_name for m, _ in prepared}:
-            await self.ensure_queue(queue_name)
-        nc = await self.connection.client()
-        futures = [
-            await _send_request(nc, *self._publish_args(message, delay, msg_id))
-            for (message, delay), msg_id in zip(prepared, ids)
-        ]
-        if futures:
-            _, late = await asyncio.wait(futures, timeout=self.publish_timeout + len(futures) / 1000)
-            for future in late:
-                future.cancel()
-        return [_failure_of(future) for future in futures]
+        async def ensure() -> None:
+            for queue_name in missing:
+                await self.ensure_queue(queue_name)
+
+        if missing:
+            self.connection.run(ensure, doing=doing)
 
     # Streams and consumers (loop thread) -----------------------------------------------
     async def ensure_queue(self, queue_name: str) -> None:
@@ -493,27 +483,6 @@ async def _add_or_update_stream(js, config: api.StreamConfig) -> None:
     await raise_replicas(js, config.name, config.num_replicas or 1)
 
 
-async def _send_request(nc, subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future:
-    """Publish a request and return the future of its reply.
-
-    Like ``nc.request`` without its timer: the caller bounds the wait (the
-    waiting thread's deadline, or ``asyncio.wait`` for a batch), which saves a
-    timer and two futures per message. It uses the client's response
-    multiplexer (``_resp_map``), as ``request`` itself does; cancelling the
-    future unregisters it.
-    """
-    if not nc._resp_sub_prefix:
-        await nc._init_request_sub()
-    token = nc._nuid.next()
-    token.extend(secrets.token_hex(2).encode())
-    key = token.decode()
-    future: asyncio.Future = asyncio.get_running_loop().create_future()
-    future.add_done_callback(lambda _: nc._resp_map.pop(key, None))
-    nc._resp_map[key] = future
-    await nc.publish(subject, payload, reply=(nc._resp_sub_prefix + token).decode(), headers=headers)
-    return future
-
-
 def _pub_ack(reply) -> dict:
     """The PubAck in ``reply``; raises what nats-py's ``js.publish`` would."""
     if (reply.headers or {}).get("Status") == "503" or not reply.data:
@@ -524,14 +493,22 @@ def _pub_ack(reply) -> dict:
     return answer
 
 
-def _failure_of(future: asyncio.Future) -> Optional[BaseException]:
-    """None if the publish behind ``future`` was confirmed, else the error, translated."""
-    if future.cancelled():
+def _confirmed(reply, doing: str) -> dict:
+    """The PubAck in ``reply``; raises what went wrong, translated into the broker's errors."""
+    try:
+        return _pub_ack(reply)
+    except Exception as exc:
+        raise translate_error(exc, doing) from exc
+
+
+def _failure_of(reply) -> Optional[BaseException]:
+    """None if the publish ``reply`` answers was confirmed, else the error, translated."""
+    if reply is None:
         return translate_error(TimeoutError(), "bulk enqueue")
     try:
-        _pub_ack(future.result())
+        _confirmed(reply, "bulk enqueue")
     except Exception as exc:
-        return translate_error(exc, "bulk enqueue")
+        return exc
     return None
 
 

@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from . import bridge
+from .direct import DirectRequests
 from .errors import JetStreamError
 
 T = TypeVar("T")
@@ -51,7 +52,12 @@ def translate_error(exc: BaseException, doing: str) -> BrokerError:
 
 
 class Connection:
-    """One NATS client for one set of servers, opened on demand."""
+    """One NATS client for one set of servers, opened on demand.
+
+    ``direct`` sends the hot path's requests (publishes and their PubAcks,
+    lock operations) on a blocking connection of the calling thread's own
+    (:mod:`workers.direct`) instead of through the loop thread.
+    """
 
     def __init__(
         self,
@@ -72,6 +78,7 @@ class Connection:
         self._pid = os.getpid()
         self._opening: Optional[asyncio.Lock] = None
         self._closing = False
+        self.direct = DirectRequests(self.servers, name=self.name, connect_timeout=connect_timeout)
 
     @property
     def is_open(self) -> bool:
@@ -172,6 +179,7 @@ class Connection:
             raise translate_error(exc, doing) from exc
 
     def close_sync(self, timeout: float = 5.0) -> None:
+        self.direct.close()
         try:
             bridge.run(self.close(), timeout)
         except Exception:  # closing is best effort

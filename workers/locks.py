@@ -25,6 +25,7 @@ import time
 from typing import Iterator, Optional, Sequence
 
 import nats.js.errors
+from dramatiq.errors import BrokerError
 from nats.js import api
 
 from .connection import Connection
@@ -183,7 +184,7 @@ class LockManager:
     def acquire(self, key: str, ttl: float = 30.0) -> Optional[Lease]:
         """Take the lock ``key`` for ``ttl`` seconds; None if someone else holds it."""
         ttl = _check_ttl(ttl)
-        revision = self._call(lambda: self._acquire(_check_key(key), ttl), f"acquire {key!r}")
+        revision = self._publish(_check_key(key), 0, ttl, f"acquire {key!r}")
         return Lease(self, key, revision, ttl) if revision is not None else None
 
     @contextlib.contextmanager
@@ -256,31 +257,38 @@ class LockManager:
             self._ready = True
         return js
 
-    async def _publish(self, key: str, last: int, ttl: float) -> Optional[int]:
-        js = await self._js()
+    # Requests on the calling thread's own connection (workers.direct) ---------------
+    def _publish(self, key: str, last: int, ttl: float, doing: str) -> Optional[int]:
+        """Write ``key`` if its last revision is ``last``: the new revision, or None if it was not."""
         headers = {"Nats-Expected-Last-Subject-Sequence": str(last), "Nats-TTL": f"{math.ceil(ttl)}s"}
-        try:
-            ack = await js.publish(self._subject(key), self.holder, timeout=self.timeout, headers=headers)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
+        answer = self._request(self._subject(key), self.holder, headers, doing)
+        if "error" in answer:
+            if answer["error"].get("err_code") == WRONG_LAST_SEQUENCE:
                 return None
-            raise
-        return ack.seq
+            raise LockError(f"{doing}: {_described(answer['error'])}")
+        return int(answer["seq"])
 
-    async def _acquire(self, key: str, ttl: float) -> Optional[int]:
-        return await self._publish(key, 0, ttl)
-
-    async def _delete(self, key: str, revision: int) -> bool:
-        await self._js()
-        nc = await self.connection.client()
+    def _delete(self, key: str, revision: int) -> bool:
         request = json.dumps({"seq": revision, "no_erase": True}).encode()
-        reply = await nc.request(f"$JS.API.STREAM.MSG.DELETE.{self._stream}", request, timeout=self.timeout)
-        answer = json.loads(reply.data)
+        doing = f"release {key!r}"
+        answer = self._request(f"$JS.API.STREAM.MSG.DELETE.{self._stream}", request, {}, doing)
         if "error" in answer:
             if answer["error"].get("err_code") == NO_SUCH_MESSAGE:  # expired, or replaced by a newer holder
                 return False
-            raise nats.js.errors.APIError.from_error(answer["error"])
+            raise LockError(f"{doing}: {_described(answer['error'])}")
         return bool(answer.get("success"))
+
+    def _request(self, subject: str, payload: bytes, headers: dict[str, str], doing: str) -> dict:
+        """JetStream's JSON answer to one request; LockError when none came."""
+        if not self._ready:
+            self._call(self._js, doing)
+        try:
+            reply = self.connection.direct.request(subject, payload, headers, timeout=self.timeout)
+        except BrokerError as exc:
+            raise LockError(f"{doing}: {exc}") from exc
+        if reply.headers.get("Status") == "503" or not reply.data:
+            raise LockError(f"{doing}: JetStream did not answer (stream unavailable or no quorum)")
+        return json.loads(reply.data)
 
     async def _holder_of(self, key: str) -> Optional[dict]:
         js = await self._js()
@@ -292,16 +300,17 @@ class LockManager:
 
     # Called by Lease ---------------------------------------------------------------
     def _renew(self, key: str, revision: int, ttl: float) -> int:
-        return self._call(lambda: self._renew_async(key, revision, ttl), f"renew {key!r}")
-
-    async def _renew_async(self, key: str, revision: int, ttl: float) -> int:
-        new_revision = await self._publish(key, revision, ttl)
+        new_revision = self._publish(key, revision, ttl, f"renew {key!r}")
         if new_revision is None:
             raise LockLost(f"lock {key!r} expired or was taken by someone else")
         return new_revision
 
     def _release(self, key: str, revision: int) -> bool:
-        return self._call(lambda: self._delete(key, revision), f"release {key!r}")
+        return self._delete(key, revision)
+
+
+def _described(error: dict) -> str:
+    return f"{error.get('description', 'refused')} (JetStream error {error.get('err_code')})"
 
 
 def _check_key(key: str) -> str:

@@ -1,0 +1,304 @@
+"""Requests to NATS on a blocking socket of the calling thread's own.
+
+The hot path's requests (an enqueue's publish and its PubAck, a lock's
+publish or delete) would otherwise hop to the loop thread and back
+(:mod:`workers.bridge`): two thread wake-ups and the GIL handed over twice
+per call, which cost three times the request itself. Here each thread keeps
+one plain connection and speaks the NATS protocol's few verbs a request
+needs: ``HPUB`` with a reply subject, and the ``MSG``/``HMSG`` that answers
+it. Everything else (subscriptions, consumers, stream management) stays on
+nats-py.
+
+A connection is opened on a thread's first request, to the first of the
+servers that answers, with the URL's credentials (``user:password@`` or
+``token@``) and TLS for ``tls://`` URLs or servers that require it. It is
+dropped on any error or timeout (a late answer can never be taken for the
+next request's), after a fork, and after a minute unused (the server would
+otherwise find it stale, as nobody answers its pings then). A request that
+fails on a reused connection is sent once more on a new one: every request
+sent here is safe to repeat (a publish carries a ``Nats-Msg-Id``, a lock's
+publish and delete are compare-and-set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import socket
+import ssl
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+from urllib.parse import unquote, urlsplit
+
+from dramatiq.errors import ConnectionFailed
+
+__all__ = ["DirectClient", "DirectRequests", "NoAnswer", "Reply"]
+
+IDLE_LIMIT = 60.0
+_CRLF = b"\r\n"
+
+
+class NoAnswer(ConnectionFailed):
+    """No answer came in time (the connection is dropped: a late answer must not be read as the next one's)."""
+
+
+@dataclass
+class Reply:
+    """An answer: its payload and headers (``Status`` holds a status line's code, as in nats-py)."""
+
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class DirectRequests:
+    """One :class:`DirectClient` per thread (and per process) for one set of servers."""
+
+    def __init__(self, servers: Sequence[str], *, name: str, connect_timeout: float = 5.0) -> None:
+        self.servers = list(servers)
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self._local = threading.local()
+        self._clients: weakref.WeakSet[DirectClient] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def request(self, subject: str, payload: bytes, headers: dict[str, str], *, timeout: float) -> Reply:
+        """Send one request and wait up to ``timeout`` seconds for its answer."""
+        return self.request_many([(subject, payload, headers)], timeout=timeout)[0]
+
+    def request_many(
+        self, requests: Sequence[tuple[str, bytes, dict[str, str]]], *, timeout: float
+    ) -> list[Optional[Reply]]:
+        """Send all ``requests`` at once, then read their answers (None for one that did not come).
+
+        Raises :class:`NoAnswer` when none came in time, ConnectionFailed when
+        the connection failed before any did (after one more try on a new
+        connection when a reused one failed: one the server closed while it
+        was idle, say).
+        """
+        client = self._client()
+        try:
+            return client.request_many(requests, timeout)
+        except NoAnswer:
+            raise
+        except ConnectionFailed:
+            if not client.reused:
+                raise
+        return self._client().request_many(requests, timeout)
+
+    def close(self) -> None:
+        """Close every thread's connection; a later request opens a new one."""
+        with self._lock:
+            clients = list(self._clients)
+        for client in clients:
+            client.close()
+
+    def _client(self) -> DirectClient:
+        client: Optional[DirectClient] = getattr(self._local, "client", None)
+        if client is not None and client.usable():
+            return client
+        client = DirectClient.connect(self.servers, name=self.name, timeout=self.connect_timeout)
+        self._local.client = client
+        with self._lock:
+            self._clients.add(client)
+        return client
+
+
+class DirectClient:
+    """One blocking NATS connection, for one thread at a time."""
+
+    def __init__(self, sock: socket.socket, *, server: str) -> None:
+        self.sock = sock
+        self.server = server
+        self.pid = os.getpid()
+        self.inbox = f"_INBOX.{secrets.token_hex(11)}"
+        self.reused = False
+        self.last_used = time.monotonic()
+        self._buffer = bytearray()
+        self._closed = False
+        self._next = 0
+        self._deadline = 0.0
+
+    @classmethod
+    def connect(cls, servers: Sequence[str], *, name: str, timeout: float) -> DirectClient:
+        """Connect to the first server of ``servers`` (tried from a random one on) that answers."""
+        start = random.randrange(len(servers))
+        errors = []
+        for url in [*servers[start:], *servers[:start]]:
+            try:
+                return cls._connect_to(url, name=name, timeout=timeout)
+            except (OSError, ConnectionFailed, ValueError) as exc:
+                errors.append(f"{url}: {exc}")
+        raise ConnectionFailed(f"cannot connect to NATS ({'; '.join(errors)})")
+
+    @classmethod
+    def _connect_to(cls, url: str, *, name: str, timeout: float) -> DirectClient:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = cls(sock, server=f"{host}:{port}")
+        try:
+            client._deadline = time.monotonic() + timeout
+            verb, info_line = client._read_line().partition(b" ")[::2]
+            if verb != b"INFO":
+                raise ConnectionFailed(f"{host}:{port} is not a NATS server (it said {verb[:20]!r})")
+            info = json.loads(info_line)
+            if parts.scheme == "tls" or info.get("tls_required"):
+                context = ssl.create_default_context()
+                client.sock = context.wrap_socket(sock, server_hostname=host)
+            options = {
+                "verbose": False,
+                "pedantic": False,
+                "headers": True,
+                "no_responders": True,
+                "protocol": 1,
+                "lang": "python",
+                "version": "threeport",
+                "name": name,
+            }
+            if parts.username and parts.password is not None:
+                options.update(user=unquote(parts.username), **{"pass": unquote(parts.password)})
+            elif parts.username:
+                options["auth_token"] = unquote(parts.username)
+            client._send(b"CONNECT " + json.dumps(options).encode() + b"\r\nPING\r\n")
+            while client._read_line() != b"PONG":  # -ERR raises; INFO and +OK are skipped
+                pass
+            client._send(f"SUB {client.inbox}.* 1\r\n".encode())
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def usable(self) -> bool:
+        """Open, this process's own, and used recently enough that the server still trusts it."""
+        if self.pid != os.getpid():  # forked: the parent's socket; leave it to the parent
+            return False
+        if self._closed or time.monotonic() - self.last_used > IDLE_LIMIT:
+            self.close()
+            return False
+        return True
+
+    def request_many(
+        self, requests: Sequence[tuple[str, bytes, dict[str, str]]], timeout: float
+    ) -> list[Optional[Reply]]:
+        """Send every request, then read answers until all came or ``timeout`` passed.
+
+        When the connection fails after some answers came, the others are None.
+        """
+        self._deadline = time.monotonic() + timeout
+        waiting: dict[bytes, int] = {}
+        out = []
+        for index, (subject, payload, headers) in enumerate(requests):
+            self._next += 1
+            token = str(self._next).encode()
+            waiting[token] = index
+            block = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+            head = block.encode()
+            out.append(
+                b"HPUB %s %s.%s %d %d\r\n%s%s\r\n"
+                % (subject.encode(), self.inbox.encode(), token, len(head), len(head) + len(payload), head, payload)
+            )
+        replies: list[Optional[Reply]] = [None] * len(requests)
+        try:
+            self._send(b"".join(out))
+            while waiting:
+                token, reply = self._read_reply()
+                index = waiting.pop(token, None)
+                if index is not None:
+                    replies[index] = reply
+        except ConnectionFailed:
+            self.close()
+            if len(waiting) == len(requests):  # nothing answered: the caller decides
+                raise
+        self.reused, self.last_used = True, time.monotonic()
+        return replies
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self.pid == os.getpid():
+                try:
+                    self.sock.close()
+                except OSError:
+                    pass
+
+    # Protocol ---------------------------------------------------------------------
+    def _read_reply(self) -> tuple[bytes, Reply]:
+        """The next answer to one of our requests: (its reply token, the reply)."""
+        while True:
+            line = self._read_line()
+            verb = line[:4]
+            if verb == b"MSG ":
+                subject, _sid, size = line[4:].split(b" ")
+                data = self._read_exact(int(size))
+                return subject.rpartition(b".")[2], Reply(bytes(data))
+            if verb == b"HMSG":
+                subject, _sid, head_size, total = line[5:].split(b" ")
+                body = self._read_exact(int(total))
+                head = int(head_size)
+                return subject.rpartition(b".")[2], Reply(bytes(body[head:]), _headers(bytes(body[:head])))
+            if line == b"PING":
+                self._send(b"PONG\r\n")
+            # INFO (cluster changes), +OK and PONG need nothing from us
+
+    def _read_line(self) -> bytes:
+        while True:
+            end = self._buffer.find(_CRLF)
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 2]
+                if line.startswith(b"-ERR"):
+                    raise ConnectionFailed(f"NATS at {self.server} refused: {line[5:].decode(errors='replace')}")
+                return line
+            self._fill()
+
+    def _read_exact(self, size: int) -> bytearray:
+        while len(self._buffer) < size + 2:
+            self._fill()
+        data = self._buffer[:size]
+        del self._buffer[: size + 2]
+        return data
+
+    def _fill(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise NoAnswer(f"no answer from NATS at {self.server} in time")
+        try:
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(65536)
+        except (socket.timeout, TimeoutError):
+            raise NoAnswer(f"no answer from NATS at {self.server} in time") from None
+        except OSError as exc:
+            raise ConnectionFailed(f"connection to NATS at {self.server} failed: {exc}") from exc
+        if not chunk:
+            raise ConnectionFailed(f"NATS at {self.server} closed the connection")
+        self._buffer += chunk
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.settimeout(max(0.001, self._deadline - time.monotonic()))
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ConnectionFailed(f"connection to NATS at {self.server} failed: {exc}") from exc
+
+
+def _headers(block: bytes) -> dict[str, str]:
+    """A header block (``NATS/1.0 503\\r\\nKey: value\\r\\n...``) as nats-py reads it: ``Status`` for a status line."""
+    lines = block.decode(errors="replace").split("\r\n")
+    headers: dict[str, str] = {}
+    status = lines[0][len("NATS/1.0") :].strip()
+    if status:
+        code, _, description = status.partition(" ")
+        headers["Status"] = code
+        if description:
+            headers["Description"] = description
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip()] = value.strip()
+    return headers
