@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from cli.local_servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +28,12 @@ def get(url: str, token: str = "") -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def test_the_api_serves_under_gunicorn_and_stops_on_sigterm(nats_server, database, empty_database_url):
+@pytest.mark.parametrize("access_log", [False, True], ids=["quiet", "access-log"])
+def test_the_api_serves_under_gunicorn_and_stops_on_sigterm(
+    nats_server, database, empty_database_url, tmp_path, access_log
+):
     # Given `threeport api` started on a free port with a token, a migrated database and the session's NATS
+    # (with a line per request on stdout only when asked)
     port = free_port()
     env = {
         **os.environ,
@@ -37,10 +43,11 @@ def test_the_api_serves_under_gunicorn_and_stops_on_sigterm(nats_server, databas
         "THREEPORT_API_PORT": str(port),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--workers", "1"],
+        [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--workers", "1"]
+        + (["--access-log"] if access_log else []),
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=(tmp_path / "stdout").open("wb"),
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -64,3 +71,5 @@ def test_the_api_serves_under_gunicorn_and_stops_on_sigterm(nats_server, databas
         # When it gets SIGTERM, then it exits cleanly
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    # And the requests were logged only with --access-log
+    assert ('"GET /readyz HTTP/1.1" 200' in (tmp_path / "stdout").read_text()) is access_log
