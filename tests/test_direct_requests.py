@@ -200,3 +200,17 @@ def test_jetstream_answers_come_back_as_json(nats_server):
     info = json.loads(requests.request("$JS.API.INFO", b"", {}, timeout=5).data)
     # Then the answer is JetStream's
     assert info["type"] == "io.nats.jetstream.api.v1.account_info_response"
+
+
+def test_a_message_over_the_servers_limit_is_refused_before_it_is_sent(nats_server):
+    # Given a thread's connection to a server that takes at most 1 MiB per message
+    requests = DirectRequests([nats_server.url], name="test")
+    with responder(nats_server.url, "svc.big"):
+        assert requests.request("svc.big", b"small", {}, timeout=5).data == b"echo:small"
+        connection = requests._local.client
+        # When a bigger message is sent
+        with pytest.raises(ConnectionFailed, match="over the server's limit"):
+            requests.request("svc.big", b"x" * (2 * 1024 * 1024), {}, timeout=5)
+        # Then it was refused here, and the connection still serves the thread
+        assert requests.request("svc.big", b"again", {}, timeout=5).data == b"echo:again"
+        assert requests._local.client is connection

@@ -8,6 +8,11 @@ a re-publish inside the duplicate window is dropped. Delayed messages
 moves them onto the queue at their time, so no worker holds them unacked in
 memory. Dead letters go to one limits-retention stream, a subject per queue,
 where they are kept for inspection and replay (:mod:`workers.admin`).
+
+Publishes go out on the calling thread's own blocking connection
+(:mod:`workers.direct`): a third of the CPU of handing each one to the
+process's NATS loop and waiting for it there. Streams, consumers and counts
+stay on the loop's nats-py client.
 """
 
 from __future__ import annotations
@@ -297,7 +302,7 @@ class JetStreamBroker(Broker):
     def close(self) -> None:
         self.connection.close_sync()
 
-    # Preparing and publishing (loop thread) -------------------------------------------
+    # Preparing and publishing (calling thread) ----------------------------------------
     def _prepare(self, message: Message, delay: Optional[int]) -> tuple[Message, Optional[int]]:
         """Canonicalise the queue, and turn a foreign ``eta`` option into a delay."""
         queue_name = q_name(message.queue_name)

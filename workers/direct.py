@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 from dramatiq.errors import ConnectionFailed
 
-__all__ = ["DirectClient", "DirectRequests", "NoAnswer", "Reply"]
+__all__ = ["DirectClient", "DirectRequests", "NoAnswer", "TooLarge", "Reply"]
 
 IDLE_LIMIT = 60.0
 _CRLF = b"\r\n"
@@ -45,6 +45,10 @@ _CRLF = b"\r\n"
 
 class NoAnswer(ConnectionFailed):
     """No answer came in time (the connection is dropped: a late answer must not be read as the next one's)."""
+
+
+class TooLarge(ConnectionFailed):
+    """A message over the server's ``max_payload``: refused here, as the server would drop the connection."""
 
 
 @dataclass
@@ -83,7 +87,7 @@ class DirectRequests:
         client = self._client()
         try:
             return client.request_many(requests, timeout)
-        except NoAnswer:
+        except (NoAnswer, TooLarge):  # a new connection would fare no better
             raise
         except ConnectionFailed:
             if not client.reused:
@@ -122,6 +126,7 @@ class DirectClient:
         self._closed = False
         self._next = 0
         self._deadline = 0.0
+        self.max_payload = 1024 * 1024
 
     @classmethod
     def connect(cls, servers: Sequence[str], *, name: str, timeout: float) -> DirectClient:
@@ -148,6 +153,7 @@ class DirectClient:
             if verb != b"INFO":
                 raise ConnectionFailed(f"{host}:{port} is not a NATS server (it said {verb[:20]!r})")
             info = json.loads(info_line)
+            client.max_payload = int(info.get("max_payload", client.max_payload))
             if parts.scheme == "tls" or info.get("tls_required"):
                 context = ssl.create_default_context()
                 client.sock = context.wrap_socket(sock, server_hostname=host)
@@ -199,6 +205,11 @@ class DirectClient:
             waiting[token] = index
             block = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
             head = block.encode()
+            if len(head) + len(payload) > self.max_payload:  # the server would drop the connection
+                raise TooLarge(
+                    f"a message of {len(head) + len(payload):,} bytes is over the server's limit"
+                    f" of {self.max_payload:,} (max_payload)"
+                )
             out.append(
                 b"HPUB %s %s.%s %d %d\r\n%s%s\r\n"
                 % (subject.encode(), self.inbox.encode(), token, len(head), len(head) + len(payload), head, payload)
