@@ -9,6 +9,8 @@ import pytest
 from dramatiq.errors import BrokerError
 from dramatiq.message import Message
 
+from workers.direct import DirectRequests
+
 from .conftest import nats_call
 
 pytestmark = pytest.mark.cluster
@@ -75,3 +77,14 @@ def retry_until(fn, *, seconds: float):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def test_threads_learn_the_clusters_other_servers_from_the_one_they_were_given(nats_cluster):
+    # Given direct requests configured with one server of the three
+    first, *others = nats_cluster.urls
+    requests = DirectRequests([first], name="test")
+    # When a thread sends a request
+    requests.request("$JS.API.INFO", b"", {}, timeout=5)
+    # Then it knows the other two, for when the first one goes away
+    assert set(others) <= set(requests.servers)
+    requests.close()

@@ -10,7 +10,8 @@ it. Everything else (subscriptions, consumers, stream management) stays on
 nats-py.
 
 A connection is opened on a thread's first request, to the first of the
-servers that answers, with the URL's credentials (``user:password@`` or
+servers that answers (the configured ones, then those a server announced as
+its cluster's), with the URL's credentials (``user:password@`` or
 ``token@``) and TLS for ``tls://`` URLs or servers that require it. It is
 dropped on any error or timeout (a late answer can never be taken for the
 next request's), after a fork, and after a minute unused (the server would
@@ -109,6 +110,8 @@ class DirectRequests:
         self._local.client = client
         with self._lock:
             self._clients.add(client)
+            known = {urlsplit(url).netloc.rpartition("@")[2] for url in self.servers}
+            self.servers += [url for url in client.discovered if urlsplit(url).netloc.rpartition("@")[2] not in known]
         return client
 
 
@@ -127,6 +130,8 @@ class DirectClient:
         self._next = 0
         self._deadline = 0.0
         self.max_payload = 1024 * 1024
+        #: The cluster's other servers as the server announced them, as URLs like the one used here.
+        self.discovered: list[str] = []
 
     @classmethod
     def connect(cls, servers: Sequence[str], *, name: str, timeout: float) -> DirectClient:
@@ -154,6 +159,11 @@ class DirectClient:
                 raise ConnectionFailed(f"{host}:{port} is not a NATS server (it said {verb[:20]!r})")
             info = json.loads(info_line)
             client.max_payload = int(info.get("max_payload", client.max_payload))
+            userinfo = parts.netloc.rpartition("@")[0]
+            client.discovered = [
+                f"{parts.scheme or 'nats'}://{userinfo + '@' if userinfo else ''}{address}"
+                for address in info.get("connect_urls") or []
+            ]
             if parts.scheme == "tls" or info.get("tls_required"):
                 context = ssl.create_default_context()
                 client.sock = context.wrap_socket(sock, server_hostname=host)
