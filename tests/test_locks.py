@@ -164,3 +164,23 @@ def test_bad_keys_and_ttls_are_refused_with_clear_errors(locks):
         locks.acquire("trailing.")
     with pytest.raises(ValueError):
         locks.acquire("kind.ok", ttl=0.5)
+
+
+def test_a_released_key_leaves_nothing_behind_after_a_second(locks):
+    # Given a lock taken and released
+    locks.acquire("domain-name.9", ttl=30).release()
+
+    async def keys_stored() -> int:
+        js = await locks._js()
+        info = await js.stream_info(f"KV_{locks.bucket}", subjects_filter=f"$KV.{locks.bucket}.>")
+        return sum((info.state.subjects or {}).values())
+
+    # Then nobody holds it, and its release marker is the one message left
+    assert locks.holder_of("domain-name.9") is None
+    assert locks._call(keys_stored, "count") == 1
+    # And the marker expires by itself, so the bucket does not grow with every key ever locked
+    deadline = time.monotonic() + 10
+    while locks._call(keys_stored, "count"):
+        assert time.monotonic() < deadline, "the release marker never expired"
+        time.sleep(0.2)
+    assert locks.acquire("domain-name.9") is not None
