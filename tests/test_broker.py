@@ -14,6 +14,7 @@ from dramatiq.message import Message
 from cli.local_servers import NatsServer, free_port
 from workers import consumer as consumer_module
 from workers import dead_letters
+from workers.broker import PartialEnqueue
 from workers.consumer import JetStreamMessage
 from workers.naming import DURABLE
 
@@ -285,6 +286,24 @@ def test_bulk_enqueue_confirms_every_message_and_honours_msg_ids(broker):
 
     # Then each is on the queue exactly once
     assert broker.get_queue_message_counts("bulk") == (1000, 0, 0)
+
+
+def test_a_bulk_enqueue_failing_part_way_names_what_was_confirmed(broker):
+    # Given 2,500 messages (three rounds of publishes) whose 1,500th is over the server's size limit
+    @dramatiq.actor(queue_name="bulkfail")
+    def noop(blob):
+        pass
+
+    messages = [noop.message("x" * (2 * 1024 * 1024) if n == 1500 else "") for n in range(2500)]
+
+    # When they are enqueued in bulk
+    with pytest.raises(PartialEnqueue) as failure:
+        broker.enqueue_many(messages)
+
+    # Then the round before the failure is confirmed and on the queue, the rest reported as not
+    assert len(failure.value.enqueued) == 1000
+    assert failure.value.failed_indexes == set(range(1000, 2500))
+    assert broker.get_queue_message_counts("bulkfail") == (1000, 0, 0)
 
 
 def test_consuming_an_undeclared_queue_raises(broker):

@@ -242,7 +242,15 @@ class JetStreamBroker(Broker):
         for start in range(0, len(prepared), BULK_ROUND):
             round_ = zip(prepared[start : start + BULK_ROUND], ids[start : start + BULK_ROUND])
             requests = [self._publish_args(message, delay, msg_id) for (message, delay), msg_id in round_]
-            replies = self.connection.direct.request_many(requests, timeout=self.publish_timeout + len(requests) / 1000)
+            try:
+                replies = self.connection.direct.request_many(
+                    requests, timeout=self.publish_timeout + len(requests) / 1000
+                )
+            except ConnectionFailed as exc:
+                if not results:  # nothing sent: the whole call failed
+                    raise
+                results.extend([exc] * (len(prepared) - len(results)))  # the rounds before stay confirmed
+                break
             results.extend(_failure_of(reply) for reply in replies)
         enqueued, failed, failed_indexes = [], [], set()
         for index, ((m, d), error) in enumerate(zip(prepared, results)):
