@@ -164,15 +164,11 @@ class Connection:
         *,
         doing: str,
         timeout: Optional[float] = None,
-        eager: bool = False,
     ) -> T:
-        """Run ``fn()`` on the loop thread, translating failures into connection errors.
-
-        ``eager`` steps the coroutine without a Task (see :func:`workers.bridge.drive`).
-        """
+        """Run ``fn()`` on the loop thread, translating failures into connection errors."""
         deadline = timeout if timeout is not None else self.connect_timeout + self.request_timeout
         try:
-            return bridge.run(fn(), deadline, eager=eager)
+            return bridge.run(fn(), deadline)
         except BrokerError:
             raise
         except (nats.errors.Error, TimeoutError, asyncio.TimeoutError, OSError) as exc:

@@ -32,6 +32,7 @@ from dramatiq.errors import BrokerError
 from nats.js import api
 
 from .connection import Connection
+from .direct import Reply
 from .errors import InvalidName, JetStreamError, LockError, LockHeld, LockLost
 from .replicas import STREAM_NAME_IN_USE, raise_replicas
 
@@ -290,12 +291,7 @@ class LockManager:
     def _released_at(self, key: str, doing: str) -> Optional[int]:
         """The sequence of ``key``'s last message if that is a release marker, 0 if there is none, else None."""
         request = json.dumps({"last_by_subj": self._subject(key)}).encode()
-        try:
-            reply = self.connection.direct.request(
-                f"$JS.API.DIRECT.GET.{self._stream}", request, {}, timeout=self.timeout
-            )
-        except BrokerError as exc:
-            raise LockError(f"{doing}: {exc}") from exc
+        reply = self._reply(f"$JS.API.DIRECT.GET.{self._stream}", request, {}, doing)
         if reply.headers.get("Status") == "404":  # expired since the first try
             return 0
         if reply.headers.get("Status") or reply.headers.get(OPERATION) != DELETED:
@@ -306,13 +302,17 @@ class LockManager:
         """JetStream's JSON answer to one request; LockError when none came."""
         if not self._ready:
             self._call(self._js, doing)
-        try:
-            reply = self.connection.direct.request(subject, payload, headers, timeout=self.timeout)
-        except BrokerError as exc:
-            raise LockError(f"{doing}: {exc}") from exc
+        reply = self._reply(subject, payload, headers, doing)
         if reply.headers.get("Status") == "503" or not reply.data:
             raise LockError(f"{doing}: JetStream did not answer (stream unavailable or no quorum)")
         return json.loads(reply.data)
+
+    def _reply(self, subject: str, payload: bytes, headers: dict[str, str], doing: str) -> Reply:
+        """The answer to one request on the calling thread's connection; LockError when none came."""
+        try:
+            return self.connection.direct.request(subject, payload, headers, timeout=self.timeout)
+        except BrokerError as exc:
+            raise LockError(f"{doing}: {exc}") from exc
 
     async def _holder_of(self, key: str) -> Optional[dict]:
         js = await self._js()
