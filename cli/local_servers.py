@@ -288,9 +288,19 @@ class PostgresServer:
             raise ServerError(f"PostgreSQL did not start:\n{log[-2000:]}") from exc
         return self
 
+    @property
+    def running(self) -> bool:
+        """Whether the server this data directory names in ``postmaster.pid`` is alive."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return False
+        return _alive(pid)
+
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", self.data_dir, "-m", "fast", "-w", "stop")
+            if self.running:  # (pg_ctl fails on a server that died by itself)
+                self._run("pg_ctl", "-D", self.data_dir, "-m", "fast", "-w", "stop")
         finally:
             if not self.keep_data:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -331,6 +341,21 @@ class PostgresServer:
     def _run(self, program: str, *args) -> None:
         command = [str(postgres_bin() / program), *map(str, args)]
         subprocess.run(command, check=True, capture_output=True, user=self.user, timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (another user's process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here: the signal check is all there is
+    return state != "Z"
 
 
 def _ensure_system_user(name: str) -> str:

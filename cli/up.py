@@ -5,7 +5,9 @@ with their data under ``THREEPORT_HOME`` (default ``./.threeport``), so a
 second run reuses them; with ``NATS_URL`` / ``DATABASE_URL`` set it uses those
 instead. Then it migrates, starts the API under gunicorn and the worker
 processes, prints where the API listens and its token, and runs until Ctrl-C
-or SIGTERM, when it stops every process it started, newest first.
+or SIGTERM, when it stops every process it started, newest first. Should
+one of them stop by itself (the API, the workers, or an embedded server), it
+says which, stops the rest and exits with 1.
 
 The API and workers get the secret-field encryption key from
 ``THREEPORT_ENCRYPTION_KEY``, or one generated on the first run and kept
@@ -73,9 +75,10 @@ def up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: signals.append(signum))
     with ExitStack() as running:
+        servers: list[tuple[str, NatsServer | PostgresServer]] = []  # the embedded ones, watched like the children
         try:
-            nats_url = _nats(home, nats_port, running)
-            database_url = _database(home, postgres_port, running)
+            nats_url = _nats(home, nats_port, running, servers)
+            database_url = _database(home, postgres_port, running, servers)
         except (ServerError, StoreError) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from None
@@ -108,27 +111,34 @@ def up(
             if dead:
                 console.print(f"[red]'threeport {dead[0].args[3]}' exited with code {dead[0].returncode}[/]")
                 raise typer.Exit(1)
+            gone = [(name, server) for name, server in servers if not server.running]
+            if gone:
+                name, server = gone[0]
+                console.print(f"[red]error:[/] the embedded {name} stopped; its log is {server.log_path}. Stopping…")
+                raise typer.Exit(1)
         console.print("Stopping…")
     console.print("Stopped.")
 
 
-def _nats(home: Path, port: int, running: ExitStack) -> str:
+def _nats(home: Path, port: int, running: ExitStack, servers: list) -> str:
     if os.environ.get("NATS_URL"):
         console.print(f"Using NATS at [bold]{os.environ['NATS_URL']}[/] (NATS_URL).")
         return os.environ["NATS_URL"]
     server = NatsServer(store_dir=home / "nats", port=port, name="threeport").start()
     running.callback(server.stop)
+    servers.append(("NATS server", server))
     console.print(f"NATS JetStream on {server.url} (data in {server.store_dir}).")
     return server.url
 
 
-def _database(home: Path, port: int, running: ExitStack) -> str:
+def _database(home: Path, port: int, running: ExitStack, servers: list) -> str:
     if os.environ.get("DATABASE_URL"):
         url = os.environ["DATABASE_URL"]
         console.print("Using the database at DATABASE_URL.")
     else:
         server = PostgresServer(base_dir=home / "postgres", port=port).start()
         running.callback(server.stop)
+        servers.append(("PostgreSQL", server))
         url = server.create_database("threeport")
         console.print(f"PostgreSQL on 127.0.0.1:{port} (data in {server.data_dir}).")
     database = database_from_url(url)

@@ -149,3 +149,41 @@ def test_up_runs_everything_stops_cleanly_and_keeps_its_data(home, client_config
         assert [o["id"] for o in found["items"]] == [created["id"]]
     finally:
         assert stop(proc) == 0
+
+
+def _nats_pid(home: Path) -> int:
+    config = str(home / "nats" / "threeport.conf")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if config in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    return int(entry.name)
+            except OSError:
+                continue
+    raise AssertionError("no nats-server runs with this home's config")
+
+
+def _postgres_pid(home: Path) -> int:
+    return int((home / "postgres" / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+@pytest.mark.parametrize(
+    "server, pid_of, says", [("nats", _nats_pid, "NATS server"), ("postgres", _postgres_pid, "PostgreSQL")]
+)
+def test_up_stops_everything_and_says_so_when_an_embedded_server_dies(home, client_config, server, pid_of, says):
+    # Given `threeport up` running with its embedded servers
+    ports = {"nats": free_port(), "postgres": free_port(), "api": free_port()}
+    proc, api_url, token = start(home, ports, client_config)
+    try:
+        # When one of those servers is killed
+        os.kill(pid_of(home), signal.SIGKILL)
+
+        # Then `up` notices, names it and where its log is, stops the rest and exits with 1
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert proc.returncode == 1
+    assert f"the embedded {says} stopped" in output and str(home) in output
+    time.sleep(0.5)
+    assert not any(listening(p) for p in ports.values())
