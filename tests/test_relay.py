@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pytest
 from dramatiq import Worker
 
+from cli.local_servers import NatsServer, free_port
 from models import Outbox, WorkloadDefinition, store
 from tasks.actor import declare_actors
+from workers.broker import JetStreamBroker
 from workers.relay import Relay
 
 from .reconciling import wait_for
@@ -88,3 +93,30 @@ def test_the_background_loop_publishes_leftover_rows(database, broker, relay):
     relay.start()
     wait_for(lambda: Outbox.select().count() == 0)
     assert broker.queue_stats("workloads").ready >= 1
+
+
+def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(database, prefix, tmp_path, caplog):
+    # Given a relay whose NATS server is not there yet, running rounds every 20 ms
+    port = free_port()
+    broker = JetStreamBroker(f"nats://127.0.0.1:{port}", prefix=prefix, connect_timeout=0.2)
+    relay = Relay(broker, older_than=0, interval=0.02)
+    server = NatsServer(store_dir=tmp_path / "nats", port=port)
+    caplog.set_level(logging.WARNING, logger="workers.relay")
+    relay.start()
+    try:
+        # When many rounds fail
+        wait_for(lambda: relay._thread is not None and len(caplog.records) >= 1, timeout=10)
+        time.sleep(1.0)
+        # Then the failure is logged once, with its cause, not once per round
+        failures = [r for r in caplog.records if "failed" in r.getMessage()]
+        assert len(failures) == 1 and "retrying every 0.02s" in failures[0].getMessage()
+        assert failures[0].exc_info is not None
+
+        # When the server comes up, then the end of the outage is logged once too
+        server.start()
+        wait_for(lambda: any("succeed again" in r.getMessage() for r in caplog.records), timeout=20)
+    finally:
+        relay.stop()
+        broker.close()
+        server.stop()
+    assert len([r for r in caplog.records if "failed" in r.getMessage() and "succeed" not in r.getMessage()]) == 1

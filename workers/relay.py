@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 #: The lock whose holder is the one active relay.
 LEADER_KEY = "relay.leader"
 LEADER_TTL = 10.0
+#: Seconds between two reminders that relay rounds keep failing (the first failure is logged at once).
+OUTAGE_REMINDER = 60.0
 
 
 class Relay:
@@ -132,11 +134,23 @@ class Relay:
             self._lease = None
 
     def _loop(self) -> None:
+        """Rounds until stopped; an outage is logged when it starts, every ``OUTAGE_REMINDER`` s, and when it ends."""
+        failed, said = 0, 0.0
         while not self._stopped.is_set():
             try:
                 self.tick()
-            except Exception:  # a database or NATS outage: try again next round
-                logger.exception("Relay round failed.")
+            except Exception as exc:  # a database or NATS outage: try again next round
+                failed += 1
+                if failed == 1:
+                    logger.error("Relay round failed; retrying every %gs: %s", self.interval, exc, exc_info=True)
+                    said = time.monotonic()
+                elif time.monotonic() - said >= OUTAGE_REMINDER:
+                    logger.error("Relay rounds still failing (%d in a row): %s", failed, exc)
+                    said = time.monotonic()
+            else:
+                if failed:
+                    logger.warning("Relay rounds succeed again after %d failed.", failed)
+                failed = 0
             self._stopped.wait(self.interval)
 
 
