@@ -110,8 +110,8 @@ class DirectRequests:
         self._local.client = client
         with self._lock:
             self._clients.add(client)
-            known = {urlsplit(url).netloc.rpartition("@")[2] for url in self.servers}
-            self.servers += [url for url in client.discovered if urlsplit(url).netloc.rpartition("@")[2] not in known]
+            known = {_address(url) for url in self.servers}
+            self.servers += [url for url in client.discovered if _address(url) not in known]
         return client
 
 
@@ -147,7 +147,7 @@ class DirectClient:
 
     @classmethod
     def _connect_to(cls, url: str, *, name: str, timeout: float) -> DirectClient:
-        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        parts = _parsed(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 4222
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -323,3 +323,13 @@ def _headers(block: bytes) -> dict[str, str]:
         if sep:
             headers[key.strip()] = value.strip()
     return headers
+
+
+def _parsed(url: str):
+    """A server URL's parts; ``host:port`` alone is taken as ``nats://host:port``."""
+    return urlsplit(url if "://" in url else f"nats://{url}")
+
+
+def _address(url: str) -> str:
+    """A server URL's ``host:port``, without credentials: what tells two servers apart."""
+    return _parsed(url).netloc.rpartition("@")[2]
