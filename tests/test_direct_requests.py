@@ -51,6 +51,35 @@ def responder(url: str, subject: str, delay: float = 0.0):
 
 
 @contextmanager
+def collector(url: str, subject: str):
+    """A plain NATS subscriber on ``subject``: yields the list of payloads it received, in order."""
+    received: list[bytes] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    async def collect() -> None:
+        nc = await nats.connect(url)
+
+        async def on_message(msg) -> None:
+            received.append(msg.data)
+
+        await nc.subscribe(subject, cb=on_message)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+        await nc.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(collect(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield received
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@contextmanager
 def server_with(*args: str):
     """A nats-server started with extra command-line options (credentials)."""
     port = free_port()
@@ -214,3 +243,23 @@ def test_a_message_over_the_servers_limit_is_refused_before_it_is_sent(nats_serv
         # Then it was refused here, and the connection still serves the thread
         assert requests.request("svc.big", b"again", {}, timeout=5).data == b"echo:again"
         assert requests._local.client is connection
+
+
+def test_a_connection_that_only_publishes_answers_the_servers_pings(tmp_path):
+    # Given a server that pings every 100 ms and drops a connection after two unanswered pings
+    config = tmp_path / "nats.conf"
+    config.write_text('ping_interval: "100ms"\nping_max: 2\n')
+    with server_with("-c", str(config)) as port:
+        url = f"nats://127.0.0.1:{port}"
+        requests = DirectRequests([url], name="test")
+        with collector(url, "acks.test") as received:
+            # When a thread does nothing but publish (no request, so it never waits to read), every 150 ms
+            requests.publish("acks.test", b"0", timeout=5)
+            connection = requests._local.client
+            for n in range(1, 20):
+                time.sleep(0.15)
+                requests.publish("acks.test", b"%d" % n, timeout=5)
+            time.sleep(0.2)
+        # Then every message arrived, over the one connection, which the server never found stale
+        assert received == [b"%d" % n for n in range(20)]
+        assert requests._local.client is connection and not connection._closed

@@ -6,8 +6,8 @@ publish or delete) would otherwise hop to the loop thread and back
 per call, which cost three times the request itself. Here each thread keeps
 one plain connection and speaks the NATS protocol's few verbs a request
 needs: ``HPUB`` with a reply subject, and the ``MSG``/``HMSG`` that answers
-it. Everything else (subscriptions, consumers, stream management) stays on
-nats-py.
+it; and ``PUB`` for a message nobody answers (a consumer's ack). Everything
+else (subscriptions, pulls, stream management) stays on nats-py.
 
 A connection is opened on a thread's first request, to the first of the
 servers that answers (the configured ones, then those a server announced as
@@ -94,6 +94,20 @@ class DirectRequests:
             if not client.reused:
                 raise
         return self._client().request_many(requests, timeout)
+
+    def publish(self, subject: str, payload: bytes, *, timeout: float) -> None:
+        """Send one message that wants no answer (an ack); ConnectionFailed when it could not be sent.
+
+        Sent once more on a new connection when a reused one failed: every
+        message sent this way is safe to repeat.
+        """
+        client = self._client()
+        try:
+            client.publish(subject, payload, timeout)
+        except ConnectionFailed:
+            if not client.reused:
+                raise
+            self._client().publish(subject, payload, timeout)
 
     def close(self) -> None:
         """Close every thread's connection; a later request opens a new one."""
@@ -239,6 +253,22 @@ class DirectClient:
         self.reused, self.last_used = True, time.monotonic()
         return replies
 
+    def publish(self, subject: str, payload: bytes, timeout: float) -> None:
+        """Send one message without a reply subject, then answer what the server sent meanwhile.
+
+        Nothing answers such a message, so a connection that only publishes
+        would never read the server's pings (and be dropped as stale) nor an
+        ``-ERR``: whatever has arrived is read here without waiting.
+        """
+        self._deadline = time.monotonic() + timeout
+        try:
+            self._send(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+            self._read_waiting()
+        except ConnectionFailed:
+            self.close()
+            raise
+        self.reused, self.last_used = True, time.monotonic()
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -265,6 +295,27 @@ class DirectClient:
                 return subject.rpartition(b".")[2], Reply(bytes(body[head:]), _headers(bytes(body[:head])))
             if line == b"PING":
                 self._send(b"PONG\r\n")
+            # INFO (cluster changes), +OK and PONG need nothing from us
+
+    def _read_waiting(self) -> None:
+        """Take in what the server has already sent, without blocking, answering its pings."""
+        self.sock.settimeout(0)
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                break
+            except OSError as exc:
+                raise ConnectionFailed(f"connection to NATS at {self.server} failed: {exc}") from exc
+            if not chunk:
+                raise ConnectionFailed(f"NATS at {self.server} closed the connection")
+            self._buffer += chunk
+        while self._buffer.find(_CRLF) >= 0:
+            line = self._read_line()  # -ERR raises
+            if line == b"PING":
+                self._send(b"PONG\r\n")
+            elif line.startswith((b"MSG ", b"HMSG")):  # no request waits for it: not ours to read
+                raise ConnectionFailed(f"NATS at {self.server} sent a message nobody asked for")
             # INFO (cluster changes), +OK and PONG need nothing from us
 
     def _read_line(self) -> bytes:
