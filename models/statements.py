@@ -37,8 +37,14 @@ def select_by_id(model: type[M], object_id: uuid.UUID, *, for_update: bool = Fal
     sql, params = _by_name(
         model._meta.database, [(_select_sql(model, for_update), [model._meta.primary_key.db_value(object_id)])]
     )
-    rows = list(model.raw(sql, *params))
-    return rows[0] if rows else None
+    row = model._meta.database.execute_sql(sql, params).fetchone()
+    if row is None:
+        return None
+    # Built as peewee builds a selected row (each field's python_value, then the model with
+    # those values and nothing dirty), without the per-query set-up of its cursor wrapper.
+    obj = model(__no_default__=1, **{name: read(value) for (name, read), value in zip(_readers(model), row)})
+    obj._dirty.clear()
+    return obj
 
 
 def insert(*objs: peewee.Model, if_absent: bool = False) -> None:
@@ -159,6 +165,12 @@ def _column(model: type[peewee.Model], name: str) -> str:
 
 def _quoted(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+@functools.lru_cache(maxsize=1024)
+def _readers(model: type[peewee.Model]) -> tuple[tuple[str, Any], ...]:
+    """Each column of ``_select_sql``'s, in its order: the field's name and its conversion from the database."""
+    return tuple((field.name, field.python_value) for field in model._meta.sorted_fields)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -72,9 +72,10 @@ def test_a_row_selected_by_id_is_the_one_peewee_selects(database):
     with database.atomic():
         locked = statements.select_by_id(WorkloadDefinition, definition.id, for_update=True)
 
-    # Then both are what peewee reads, and an unknown id is None
+    # Then both are what peewee reads, with nothing to save, and an unknown id is None
     expected = WorkloadDefinition.get_by_id(definition.id).__data__
     assert found.__data__ == expected and locked.__data__ == expected
+    assert not found.is_dirty() and not locked.is_dirty()
     assert found.status == {"phase": "Waiting", "inventory": {"a": 1}}
     assert statements.select_by_id(WorkloadDefinition, uuid.uuid4()) is None
 
