@@ -82,7 +82,7 @@ class ReconcileActor:
                     span.set_attribute("threeport.result", outcome.result or "error")
         finally:
             self.renewals.drop(kept)
-            lease.release()
+            lease.let_go()
         if kept.lost:
             logger.warning("Lost the lock of %s %s while reconciling it.", kind, object_id)
 

@@ -89,6 +89,47 @@ def test_a_stale_holder_can_neither_renew_nor_release_the_new_holders_lock(locks
     fresh.release()
 
 
+def _taken_within(locks, key: str, seconds: float = 5.0):
+    deadline = time.monotonic() + seconds
+    while (lease := locks.acquire(key, ttl=30)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return lease
+
+
+def test_a_lock_let_go_without_waiting_is_free_for_the_next_holder(locks):
+    # Given a lock with a long TTL
+    lease = locks.acquire("workload-instance.9", ttl=30)
+
+    # When its holder lets it go, without waiting for the server's answer
+    lease.let_go()
+
+    # Then another caller takes it at once, not after the TTL, with a higher revision
+    started = time.monotonic()
+    again = _taken_within(locks, "workload-instance.9")
+    assert again is not None and again.revision > lease.revision
+    assert time.monotonic() - started < 5
+    # And letting go again, or releasing afterwards, does nothing to the new holder's lock
+    lease.let_go()
+    assert lease.release() is False
+    assert locks.holder_of("workload-instance.9")["revision"] == again.revision
+    again.release()
+
+
+def test_a_stale_holder_letting_go_leaves_the_new_holders_lock_alone(locks):
+    # Given a holder whose lease expired, and a new holder
+    stale = locks.acquire("gateway-instance.4", ttl=1)
+    fresh = _taken_within(locks, "gateway-instance.4", seconds=10)
+    assert fresh is not None
+
+    # When the stale holder lets go
+    stale.let_go()
+
+    # Then the new holder still holds the lock (asked on the same connection, so after the let-go)
+    assert locks.acquire("gateway-instance.4") is None
+    assert locks.holder_of("gateway-instance.4")["revision"] == fresh.revision
+    fresh.release()
+
+
 def test_threads_never_hold_one_lock_at_once(locks):
     # Given eight threads competing for one key
     inside = []

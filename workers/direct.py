@@ -95,7 +95,9 @@ class DirectRequests:
                 raise
         return self._client().request_many(requests, timeout)
 
-    def publish(self, subject: str, payload: bytes, *, timeout: float) -> None:
+    def publish(
+        self, subject: str, payload: bytes, headers: Optional[dict[str, str]] = None, *, timeout: float
+    ) -> None:
         """Send one message that wants no answer (an ack); ConnectionFailed when it could not be sent.
 
         Sent once more on a new connection when a reused one failed: every
@@ -103,11 +105,13 @@ class DirectRequests:
         """
         client = self._client()
         try:
-            client.publish(subject, payload, timeout)
+            client.publish(subject, payload, headers, timeout)
+        except (NoAnswer, TooLarge):
+            raise
         except ConnectionFailed:
             if not client.reused:
                 raise
-            self._client().publish(subject, payload, timeout)
+            self._client().publish(subject, payload, headers, timeout)
 
     def close(self) -> None:
         """Close every thread's connection; a later request opens a new one."""
@@ -227,13 +231,8 @@ class DirectClient:
             self._next += 1
             token = str(self._next).encode()
             waiting[token] = index
-            block = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-            head = block.encode()
-            if len(head) + len(payload) > self.max_payload:  # the server would drop the connection
-                raise TooLarge(
-                    f"a message of {len(head) + len(payload):,} bytes is over the server's limit"
-                    f" of {self.max_payload:,} (max_payload)"
-                )
+            head = _header_block(headers)
+            self._check_size(head, payload)
             out.append(
                 b"HPUB %s %s.%s %d %d\r\n%s%s\r\n"
                 % (subject.encode(), self.inbox.encode(), token, len(head), len(head) + len(payload), head, payload)
@@ -253,7 +252,7 @@ class DirectClient:
         self.reused, self.last_used = True, time.monotonic()
         return replies
 
-    def publish(self, subject: str, payload: bytes, timeout: float) -> None:
+    def publish(self, subject: str, payload: bytes, headers: Optional[dict[str, str]], timeout: float) -> None:
         """Send one message without a reply subject, then answer what the server sent meanwhile.
 
         Nothing answers such a message, so a connection that only publishes
@@ -261,13 +260,28 @@ class DirectClient:
         ``-ERR``: whatever has arrived is read here without waiting.
         """
         self._deadline = time.monotonic() + timeout
+        if headers:
+            head = _header_block(headers)
+            self._check_size(head, payload)
+            size = len(head) + len(payload)
+            frame = b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(head), size, head, payload)
+        else:
+            self._check_size(b"", payload)
+            frame = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
         try:
-            self._send(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+            self._send(frame)
             self._read_waiting()
         except ConnectionFailed:
             self.close()
             raise
         self.reused, self.last_used = True, time.monotonic()
+
+    def _check_size(self, head: bytes, payload: bytes) -> None:
+        if len(head) + len(payload) > self.max_payload:  # the server would drop the connection
+            raise TooLarge(
+                f"a message of {len(head) + len(payload):,} bytes is over the server's limit"
+                f" of {self.max_payload:,} (max_payload)"
+            )
 
     def close(self) -> None:
         if not self._closed:
@@ -357,6 +371,10 @@ class DirectClient:
             self.sock.sendall(data)
         except OSError as exc:
             raise ConnectionFailed(f"connection to NATS at {self.server} failed: {exc}") from exc
+
+
+def _header_block(headers: dict[str, str]) -> bytes:
+    return ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
 
 
 def _headers(block: bytes) -> dict[str, str]:
