@@ -336,6 +336,30 @@ def test_prefetch_bounds_what_a_consumer_holds(broker):
     consumer.close()
 
 
+def test_a_full_consumer_pulls_again_once_a_quarter_of_its_prefetch_is_free(broker):
+    # Given a consumer with prefetch 8 holding eight of twenty ready messages
+    @dramatiq.actor(queue_name="refill")
+    def noop():
+        pass
+
+    for _ in range(20):
+        noop.send()
+    consumer = broker.consume("refill", prefetch=8, timeout=300)
+    taken = [m for m in (next(consumer) for _ in range(9)) if m is not None]
+    assert len(taken) == 8
+
+    # When it acks one, then it pulls nothing yet (one free slot of eight)
+    consumer.ack(taken[0])
+    assert next(consumer) is None
+
+    # When it acks a second, then it pulls two more at once, and no more
+    consumer.ack(taken[1])
+    more = [m for m in (next(consumer) for _ in range(3)) if m is not None]
+    assert len(more) == 2
+    assert broker.queue_stats("refill").in_flight == 8
+    consumer.close()
+
+
 def test_messages_are_handed_over_as_they_come_without_waiting_for_a_full_batch(broker, monkeypatch):
     # Given pulls that may wait five seconds on the server for their batch, and one message waiting
     monkeypatch.setattr(consumer_module, "PULL_WAIT", 5.0)

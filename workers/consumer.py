@@ -69,6 +69,8 @@ class JetStreamConsumer(Consumer):
         self.broker = broker
         self.queue_name = queue_name
         self.prefetch = max(1, prefetch)
+        #: The pull loop pulls again only once a quarter of the prefetch is free: fewer, larger pulls.
+        self._low_water = max(1, self.prefetch // 4)
         self.timeout = timeout / 1000
         self.id = uuid.uuid4().hex[:16]
         self.logger = get_logger(__name__, type(self))
@@ -230,9 +232,14 @@ class JetStreamConsumer(Consumer):
             self._room.set()
 
     def _forget(self, seq: int) -> None:
-        """``_release`` from a Dramatiq thread: wakes the loop thread only if the pull loop waits for room."""
+        """``_release`` from a Dramatiq thread: wakes the loop thread only if the pull loop waits for room.
+
+        And only once there is room enough for it to pull: under a backlog a
+        wake-up per ack would mostly find the loop going back to wait.
+        """
         self._held.pop(seq, None)
-        if self._full:  # read after the pop; the pull loop sets it before counting again (see _pull)
+        # Read after the pop; the pull loop says it waits before counting again (see _pull).
+        if self._full and self.prefetch - len(self._held) >= self._low_water:
             bridge.get_loop().loop.call_soon_threadsafe(self._release, seq)
 
     async def _pull(self) -> None:
@@ -246,8 +253,7 @@ class JetStreamConsumer(Consumer):
         large pulls under a backlog, no wait at a trickle.
         """
         assert self._sub is not None and self._room is not None
-        # Pull again only once a quarter of the prefetch is free: fewer, larger pulls.
-        low_water = max(1, self.prefetch // 4)
+        low_water = self._low_water
         pending = 0  # messages the server said were waiting after the last one fetched
         while not self._stopping:
             self._pulled_at = time.monotonic()
