@@ -311,18 +311,27 @@ def test_consuming_an_undeclared_queue_raises(broker):
         broker.consume("nobody-declared-this")
 
 
-def test_prefetch_bounds_what_a_consumer_holds(broker):
-    # Given ten ready messages
-    @dramatiq.actor(queue_name="prefetch")
+def _ready_messages(queue_name: str, count: int) -> None:
+    @dramatiq.actor(queue_name=queue_name)
     def noop():
         pass
 
-    for _ in range(10):
+    for _ in range(count):
         noop.send()
+
+
+def _taken(consumer, tries: int) -> list:
+    """What ``tries`` calls of ``next`` hand over (each waits up to the consumer's timeout)."""
+    return [m for m in (next(consumer) for _ in range(tries)) if m is not None]
+
+
+def test_prefetch_bounds_what_a_consumer_holds(broker):
+    # Given ten ready messages
+    _ready_messages("prefetch", 10)
 
     # When a consumer with prefetch 3 takes what it can without acking
     consumer = broker.consume("prefetch", prefetch=3, timeout=300)
-    taken = [m for m in (next(consumer) for _ in range(5)) if m is not None]
+    taken = _taken(consumer, 5)
 
     # Then it holds three, and the server shows three in flight
     assert len(taken) == 3
@@ -338,14 +347,9 @@ def test_prefetch_bounds_what_a_consumer_holds(broker):
 
 def test_a_full_consumer_pulls_again_once_a_quarter_of_its_prefetch_is_free(broker):
     # Given a consumer with prefetch 8 holding eight of twenty ready messages
-    @dramatiq.actor(queue_name="refill")
-    def noop():
-        pass
-
-    for _ in range(20):
-        noop.send()
+    _ready_messages("refill", 20)
     consumer = broker.consume("refill", prefetch=8, timeout=300)
-    taken = [m for m in (next(consumer) for _ in range(9)) if m is not None]
+    taken = _taken(consumer, 9)
     assert len(taken) == 8
 
     # When it acks one, then it pulls nothing yet (one free slot of eight)
@@ -354,8 +358,7 @@ def test_a_full_consumer_pulls_again_once_a_quarter_of_its_prefetch_is_free(brok
 
     # When it acks a second, then it pulls two more at once, and no more
     consumer.ack(taken[1])
-    more = [m for m in (next(consumer) for _ in range(3)) if m is not None]
-    assert len(more) == 2
+    assert len(_taken(consumer, 3)) == 2
     assert broker.queue_stats("refill").in_flight == 8
     consumer.close()
 

@@ -19,28 +19,20 @@ from workers.direct import DirectClient, DirectRequests, NoAnswer
 
 
 @contextmanager
-def responder(url: str, subject: str, delay: float = 0.0):
-    """A plain NATS service on ``subject`` answering ``echo:<payload>`` after ``delay`` seconds."""
+def subscribed(url: str, subject: str, on_message):
+    """A plain nats-py client on its own thread, calling ``on_message(msg)`` (a coroutine) for ``subject``."""
     ready, stop = threading.Event(), threading.Event()
 
-    async def serve() -> None:
+    async def run() -> None:
         nc = await nats.connect(url)
-
-        async def answer(msg) -> None:
-            await asyncio.sleep(delay)
-            await msg.respond(b"echo:" + msg.data)
-
-        async def on_request(msg) -> None:  # answered concurrently, so a slow answer holds up no other
-            asyncio.ensure_future(answer(msg))
-
-        await nc.subscribe(subject, cb=on_request)
+        await nc.subscribe(subject, cb=on_message)
         await nc.flush()
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.02)
         await nc.close()
 
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
     thread.start()
     assert ready.wait(10)
     try:
@@ -51,32 +43,30 @@ def responder(url: str, subject: str, delay: float = 0.0):
 
 
 @contextmanager
+def responder(url: str, subject: str, delay: float = 0.0):
+    """A plain NATS service on ``subject`` answering ``echo:<payload>`` after ``delay`` seconds."""
+
+    async def answer(msg) -> None:
+        await asyncio.sleep(delay)
+        await msg.respond(b"echo:" + msg.data)
+
+    async def on_request(msg) -> None:  # answered concurrently, so a slow answer holds up no other
+        asyncio.ensure_future(answer(msg))
+
+    with subscribed(url, subject, on_request):
+        yield
+
+
+@contextmanager
 def collector(url: str, subject: str):
     """A plain NATS subscriber on ``subject``: yields the list of payloads it received, in order."""
     received: list[bytes] = []
-    ready, stop = threading.Event(), threading.Event()
 
-    async def collect() -> None:
-        nc = await nats.connect(url)
+    async def on_message(msg) -> None:
+        received.append(msg.data)
 
-        async def on_message(msg) -> None:
-            received.append(msg.data)
-
-        await nc.subscribe(subject, cb=on_message)
-        await nc.flush()
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.02)
-        await nc.close()
-
-    thread = threading.Thread(target=asyncio.run, args=(collect(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with subscribed(url, subject, on_message):
         yield received
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 @contextmanager
