@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.errors import InvalidName, LockHeld, LockLost
+from workers.errors import InvalidName, LockError, LockHeld, LockLost
 from workers.locks import LockManager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +128,40 @@ def test_a_stale_holder_letting_go_leaves_the_new_holders_lock_alone(locks):
     assert locks.acquire("gateway-instance.4") is None
     assert locks.holder_of("gateway-instance.4")["revision"] == fresh.revision
     fresh.release()
+
+
+def test_a_bucket_without_a_leader_yet_is_waited_for_right_after_it_was_made(nats_server, bucket, locks):
+    # Given a lock manager that has just made its bucket, which then has no stream for a moment
+    # (as a bucket just made on a cluster has no leader until one is elected)
+    assert locks.acquire("workload.1") is not None
+    other = LockManager(nats_server.url, bucket=bucket)
+    other.delete_bucket()
+    remade = threading.Timer(0.5, lambda: other.acquire("workload.2"))
+    remade.start()
+    try:
+        # When it takes another lock, then it waits for the bucket and takes it
+        started = time.monotonic()
+        assert locks.acquire("workload.3") is not None
+        assert time.monotonic() - started >= 0.3
+    finally:
+        remade.join()
+        other.close()
+
+
+def test_a_bucket_that_stops_answering_later_is_an_error_at_once(nats_server, bucket):
+    # Given a lock manager whose bucket was made more than its timeout ago
+    locks = LockManager(nats_server.url, bucket=bucket, timeout=1.0)
+    try:
+        assert locks.acquire("workload.1") is not None
+        time.sleep(1.1)
+        # When the bucket's stream is gone (an outage), then a lock request says so without waiting
+        LockManager(nats_server.url, bucket=bucket).delete_bucket()
+        started = time.monotonic()
+        with pytest.raises(LockError, match="JetStream did not answer"):
+            locks.acquire("workload.2")
+        assert time.monotonic() - started < 0.5
+    finally:
+        locks.close()
 
 
 def test_threads_never_hold_one_lock_at_once(locks):

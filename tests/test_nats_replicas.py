@@ -24,7 +24,6 @@ import nats.errors
 import nats.js.errors
 import pytest
 from dramatiq import Worker
-from dramatiq.errors import ConnectionFailed
 from dramatiq.message import Message
 
 from api.settings import Settings
@@ -53,22 +52,6 @@ def exists(broker, stream: str) -> bool:
     except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
         return False
     return True
-
-
-def acquired(locks: LockManager, key: str):
-    """``locks.acquire(key)``, again while the bucket is too new to answer.
-
-    A stream just made on the cluster may have no responders for a moment (until its
-    leader is elected and its subjects' interest reaches the node this client talks to).
-    """
-
-    def attempt():
-        try:
-            return locks.acquire(key)
-        except ConnectionFailed:
-            return None
-
-    return wait_for(attempt, timeout=10)
 
 
 def the_brokers_streams(broker, queue: str) -> list[str]:
@@ -129,7 +112,7 @@ def test_with_three_replicas_every_stream_and_bucket_of_a_worker_has_three(on_cl
 
     # When a worker with heartbeats consumes a queue and an object's lock is taken
     with running_worker(broker, "replicated"):
-        assert acquired(locks, "workload.1") is not None
+        assert locks.acquire("workload.1") is not None
 
         # Then the queue's stream, the dead letters, the consumers' presence, the heartbeat bucket
         # and the lock bucket each have 3 replicas
@@ -142,7 +125,7 @@ def test_streams_made_with_one_replica_are_raised_to_three_and_never_lowered(on_
     # Given the streams and buckets of a deployment that ran with one replica, and a message left on its queue
     before = on_cluster(replicas=1)
     with running_worker(before, "upgraded"):
-        assert acquired(LockManager(connection=before.connection, bucket=f"{prefix}_locks"), "workload.1")
+        assert LockManager(connection=before.connection, bucket=f"{prefix}_locks").acquire("workload.1")
     made = [*the_brokers_streams(before, "upgraded"), f"KV_{bucket_name(prefix)}", f"KV_{prefix}_locks"]
     assert {replicas(before, stream) for stream in made} == {1}
     before.enqueue(Message(queue_name="upgraded", actor_name="record", args=("left",), kwargs={}, options={}))
@@ -173,7 +156,7 @@ def test_streams_made_with_one_replica_are_raised_to_three_and_never_lowered(on_
 def test_more_replicas_than_the_cluster_has_leave_an_existing_bucket_working_with_a_warning(on_cluster, prefix, caplog):
     # Given a lock bucket with one replica on the 3-node cluster
     broker = on_cluster()
-    assert acquired(LockManager(connection=broker.connection, bucket=f"{prefix}_locks"), "workload.1")
+    assert LockManager(connection=broker.connection, bucket=f"{prefix}_locks").acquire("workload.1")
 
     # When a lock manager asking for 5 replicas takes a lock in it
     lease = LockManager(connection=broker.connection, bucket=f"{prefix}_locks", replicas=5).acquire("workload.2")

@@ -200,6 +200,8 @@ class LockManager:
         self.holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
         self._stream = f"KV_{bucket}"
         self._ready = False
+        #: Until when a request may find the bucket without a leader yet (see _request).
+        self._settled_by = 0.0
 
     # Public API -------------------------------------------------------------------
     def acquire(self, key: str, ttl: float = 30.0) -> Optional[Lease]:
@@ -281,6 +283,7 @@ class LockManager:
                     raise
                 await raise_replicas(js, self._stream, self.replicas)  # and the rest of it as it is
             self._ready = True
+            self._settled_by = time.monotonic() + self.timeout
         return js
 
     # Requests on the calling thread's own connection (workers.direct) ---------------
@@ -328,7 +331,13 @@ class LockManager:
         if not self._ready:
             self._call(self._js, doing)
         reply = self._reply(subject, payload, headers, doing)
-        if reply.headers.get("Status") == "503" or not reply.data:
+        # A bucket just made (or just raised) on a cluster answers nobody until its leader is
+        # elected and its interest reached our server: no responders, so nothing was written;
+        # ask again for a moment. Later, no answer is an outage, said at once.
+        while _unanswered(reply) and time.monotonic() < self._settled_by:
+            time.sleep(0.05)
+            reply = self._reply(subject, payload, headers, doing)
+        if _unanswered(reply):
             raise LockError(f"{doing}: JetStream did not answer (stream unavailable or no quorum)")
         return json.loads(reply.data)
 
@@ -358,6 +367,10 @@ class LockManager:
 
     def _release(self, key: str, revision: int) -> bool:
         return self._mark_released(key, revision)
+
+
+def _unanswered(reply: Reply) -> bool:
+    return reply.headers.get("Status") == "503" or not reply.data
 
 
 def _described(error: dict) -> str:
