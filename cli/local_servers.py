@@ -284,8 +284,15 @@ class PostgresServer:
         if os.geteuid() == 0:
             self.user = _ensure_system_user(SYSTEM_USER)
             shutil.chown(self.base_dir, self.user, self.user)
+            _check_reachable(self.base_dir, self.user)
         if fresh:
-            self._run("initdb", "-D", self.data_dir, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync")
+            try:
+                self._run(
+                    "initdb", "-D", self.data_dir, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"
+                )
+            except subprocess.CalledProcessError as exc:
+                said = (exc.stderr or b"").decode(errors="replace").strip()[-2000:]
+                raise ServerError(f"initdb could not make {self.data_dir}:\n{said}") from exc
         options = f"-h 127.0.0.1 -p {self.port} -k {self.base_dir} -c max_connections=200"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -349,6 +356,25 @@ class PostgresServer:
     def _run(self, program: str, *args) -> None:
         command = [str(postgres_bin() / program), *map(str, args)]
         subprocess.run(command, check=True, capture_output=True, user=self.user, timeout=60)
+
+
+def _check_reachable(directory: Path, user: str) -> None:
+    """ServerError unless ``user`` may pass through every directory above ``directory`` (to reach its data)."""
+    account = pwd.getpwnam(user)
+    for parent in directory.resolve().parents:
+        info = parent.stat()
+        if info.st_uid == account.pw_uid:
+            allowed = info.st_mode & 0o100
+        elif info.st_gid == account.pw_gid:
+            allowed = info.st_mode & 0o010
+        else:
+            allowed = info.st_mode & 0o001
+        if not allowed:
+            raise ServerError(
+                f"PostgreSQL runs as the user {user!r} (it refuses to run as root) and cannot reach {directory}:"
+                f" {parent} is closed to other users (mode {info.st_mode & 0o777:o}). Allow them through it"
+                f" (chmod o+x {parent}) or choose a THREEPORT_HOME they can reach."
+            )
 
 
 def _alive(pid: int) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from cli.local_servers import NatsServer
+from cli.local_servers import NatsServer, PostgresServer, ServerError
 
 
 def _environment_of(pid: int) -> dict[str, str]:
@@ -32,3 +35,23 @@ def test_embedded_nats_runs_one_go_thread_unless_the_operator_says_otherwise(
         assert server.running
     finally:
         server.stop()
+
+
+def test_postgres_under_a_directory_closed_to_its_user_is_refused_with_the_way_out():
+    if os.geteuid() != 0:
+        pytest.skip("only root runs PostgreSQL as another user (it refuses root)")
+    # Given a home directory only root may enter (as `mktemp -d` makes one)
+    base = Path(tempfile.mkdtemp())
+    base.chmod(0o755)
+    home = base / "home"
+    home.mkdir(mode=0o700)
+    try:
+        # When the embedded PostgreSQL is started under it
+        with pytest.raises(ServerError) as raised:
+            PostgresServer(base_dir=home / "postgres").start()
+
+        # Then the error names the closed directory and how to open it
+        assert f"{home} is closed to other users (mode 700)" in str(raised.value)
+        assert f"chmod o+x {home}" in str(raised.value)
+    finally:
+        shutil.rmtree(base)
