@@ -14,6 +14,8 @@ import pytest
 from workers.errors import InvalidName, LockError, LockHeld, LockLost
 from workers.locks import LockManager
 
+from .reconciling import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDER = [sys.executable, str(ROOT / "tests" / "helpers" / "lock_contender.py")]
 
@@ -89,13 +91,6 @@ def test_a_stale_holder_can_neither_renew_nor_release_the_new_holders_lock(locks
     fresh.release()
 
 
-def _taken_within(locks, key: str, seconds: float = 5.0):
-    deadline = time.monotonic() + seconds
-    while (lease := locks.acquire(key, ttl=30)) is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return lease
-
-
 def test_a_lock_let_go_without_waiting_is_free_for_the_next_holder(locks):
     # Given a lock with a long TTL
     lease = locks.acquire("workload-instance.9", ttl=30)
@@ -105,7 +100,7 @@ def test_a_lock_let_go_without_waiting_is_free_for_the_next_holder(locks):
 
     # Then another caller takes it at once, not after the TTL, with a higher revision
     started = time.monotonic()
-    again = _taken_within(locks, "workload-instance.9")
+    again = wait_for(lambda: locks.acquire("workload-instance.9", ttl=30), timeout=5)
     assert again is not None and again.revision > lease.revision
     assert time.monotonic() - started < 5
     # And letting go again, or releasing afterwards, does nothing to the new holder's lock
@@ -118,7 +113,7 @@ def test_a_lock_let_go_without_waiting_is_free_for_the_next_holder(locks):
 def test_a_stale_holder_letting_go_leaves_the_new_holders_lock_alone(locks):
     # Given a holder whose lease expired, and a new holder
     stale = locks.acquire("gateway-instance.4", ttl=1)
-    fresh = _taken_within(locks, "gateway-instance.4", seconds=10)
+    fresh = wait_for(lambda: locks.acquire("gateway-instance.4", ttl=30), timeout=10)
     assert fresh is not None
 
     # When the stale holder lets go

@@ -33,12 +33,14 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from dramatiq.errors import ConnectionFailed
 
 __all__ = ["DirectClient", "DirectRequests", "NoAnswer", "TooLarge", "Reply"]
+
+T = TypeVar("T")
 
 IDLE_LIMIT = 60.0
 _CRLF = b"\r\n"
@@ -85,15 +87,7 @@ class DirectRequests:
         connection when a reused one failed: one the server closed while it
         was idle, say).
         """
-        client = self._client()
-        try:
-            return client.request_many(requests, timeout)
-        except (NoAnswer, TooLarge):  # a new connection would fare no better
-            raise
-        except ConnectionFailed:
-            if not client.reused:
-                raise
-        return self._client().request_many(requests, timeout)
+        return self._on_a_connection(lambda client: client.request_many(requests, timeout))
 
     def publish(
         self, subject: str, payload: bytes, headers: Optional[dict[str, str]] = None, *, timeout: float
@@ -103,15 +97,7 @@ class DirectRequests:
         Sent once more on a new connection when a reused one failed: every
         message sent this way is safe to repeat.
         """
-        client = self._client()
-        try:
-            client.publish(subject, payload, headers, timeout)
-        except (NoAnswer, TooLarge):
-            raise
-        except ConnectionFailed:
-            if not client.reused:
-                raise
-            self._client().publish(subject, payload, headers, timeout)
+        self._on_a_connection(lambda client: client.publish(subject, payload, headers, timeout))
 
     def close(self) -> None:
         """Close every thread's connection; a later request opens a new one."""
@@ -119,6 +105,18 @@ class DirectRequests:
             clients = list(self._clients)
         for client in clients:
             client.close()
+
+    def _on_a_connection(self, call: Callable[[DirectClient], T]) -> T:
+        """``call(client)`` on this thread's connection; once more on a new one if a reused one failed."""
+        client = self._client()
+        try:
+            return call(client)
+        except (NoAnswer, TooLarge):  # a new connection would fare no better
+            raise
+        except ConnectionFailed:
+            if not client.reused:
+                raise
+        return call(self._client())
 
     def _client(self) -> DirectClient:
         client: Optional[DirectClient] = getattr(self._local, "client", None)

@@ -299,9 +299,8 @@ class LockManager:
 
     def _mark_released(self, key: str, revision: int) -> bool:
         """Replace ``revision`` with a delete marker that expires in a second; False if it was not the last."""
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": "1s", OPERATION: DELETED}
         doing = f"release {key!r}"
-        answer = self._request(self._subject(key), b"", headers, doing)
+        answer = self._request(self._subject(key), b"", _release_marker(revision), doing)
         if "error" in answer:
             if answer["error"].get("err_code") == WRONG_LAST_SEQUENCE:  # expired, or a newer holder's
                 return False
@@ -310,9 +309,8 @@ class LockManager:
 
     def _let_go(self, key: str, revision: int) -> None:
         """``_mark_released`` without a reply subject, so without the server's answer."""
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": "1s", OPERATION: DELETED}
         try:
-            self.connection.direct.publish(self._subject(key), b"", headers, timeout=self.timeout)
+            self.connection.direct.publish(self._subject(key), b"", _release_marker(revision), timeout=self.timeout)
         except BrokerError as exc:
             logger.warning("Could not release %r (%s); it frees itself when its TTL runs out.", key, exc)
 
@@ -367,6 +365,11 @@ class LockManager:
 
     def _release(self, key: str, revision: int) -> bool:
         return self._mark_released(key, revision)
+
+
+def _release_marker(revision: int) -> dict[str, str]:
+    """Headers that replace ``revision`` with a delete marker living one second, if it is still the last."""
+    return {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": "1s", OPERATION: DELETED}
 
 
 def _unanswered(reply: Reply) -> bool:
