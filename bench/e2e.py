@@ -4,7 +4,8 @@ For each worker-process count (``--workers``, default ``1,2``) it starts the
 whole control plane with ``python -m cli.main up`` as a subprocess, on free
 ports with a fresh ``THREEPORT_HOME`` (``THREEPORT_WORKER_PROCESSES=N``,
 ``THREEPORT_WORKER_THREADS=--worker-threads``, default 8), waits for
-"API listening" and reads the token from ``$THREEPORT_HOME/config.json``. Then:
+"API listening" and one "worker ready" per worker process (a pass measures
+the running control plane, not its start) and reads the token from ``$THREEPORT_HOME/config.json``. Then:
 
 * **create**: ``--clients`` threads (default 16), each with its own keep-alive
   connection (a bare-socket HTTP/1.1 client, see :class:`Client`), POST N objects (``--objects``, default 2,000)
@@ -158,12 +159,17 @@ class System:
             start_new_session=True,  # its own group: Ctrl-C here does not reach it; we stop it
         )
         ready = threading.Event()
+        waiting = {"api": 1, "workers": self.processes}
 
         def drain() -> None:
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.output.append(line.rstrip("\n"))
                 if "API listening on" in line:
+                    waiting["api"] -= 1
+                elif line.startswith("worker ready"):
+                    waiting["workers"] -= 1
+                if not any(waiting.values()):
                     ready.set()
             ready.set()
 
@@ -311,6 +317,20 @@ class Client:
                 return b"".join(parts)
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far, in jiffies: user, nice, system, idle, iowait, irq, softirq, steal."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:9]]
+
+
+def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """Of the CPU time between two :func:`cpu_times`: the share busy (ours and anyone's) and stolen by the hypervisor."""
+    spent = [b - a for a, b in zip(before, after)]
+    total = sum(spent) or 1
+    user, nice, system, idle, iowait, irq, softirq, steal = spent
+    return {"busy": (user + nice + system + irq + softirq) / total, "steal": steal / total}
+
+
 def _timestamp(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
@@ -390,6 +410,7 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
     posters = [
         threading.Thread(target=post_loop, args=(start,), name=f"client-{i}", daemon=True) for i in range(args.clients)
     ]
+    cpu_before = cpu_times()
     poller.start()
     for t in posters:
         t.start()
@@ -402,6 +423,7 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
     poller.join(args.settle)
     stop_polling.set()
     poller.join(10)
+    cpu = cpu_shares(cpu_before, cpu_times())
 
     client = Client(system.api_url, system.token)
     try:
@@ -429,6 +451,7 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
         "reconcile_seconds": reconcile_seconds,
         "reconcile_rate": len(reconciled) / reconcile_seconds if reconcile_seconds else None,
         "latency_ms": {"p50": ms(50), "p90": ms(90), "p99": ms(99), "max": max(latencies, default=None)},
+        "cpu": cpu,
     }
 
 
@@ -447,18 +470,17 @@ def render(report: dict[str, Any]) -> str:
         + (f"paced at {report['rate']:,.0f}/s, " if report["rate"] else "unpaced, ")
         + f"{report['worker_threads']} threads per worker process | {report['machine']['cpus']} CPUs ==",
         f"{'worker processes':<18}{'create/s':>10}{'reconcile/s':>13}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-        f"{'max ms':>9}{'errors':>8}{'unrec.':>8}{'load avg':>16}",
+        f"{'max ms':>9}{'errors':>8}{'unrec.':>8}{'CPU busy':>10}{'steal':>7}",
     ]
     for procs, data in report["runs"].items():
         if "error" in data:
             lines.append(f"{procs:<18}failed: {data['error'].splitlines()[0]}")
             continue
         lat = data["latency_ms"]
-        load = f"{data['load_before'][0]:.2f} → {data['load_after'][0]:.2f}"
         lines.append(
             f"{procs:<18}{_f(data['create_rate']):>10}{_f(data['reconcile_rate']):>13}{_f(lat['p50']):>9}"
             f"{_f(lat['p90']):>9}{_f(lat['p99']):>9}{_f(lat['max']):>9}{data['error_count']:>8}"
-            f"{data['unreconciled']:>8}{load:>16}"
+            f"{data['unreconciled']:>8}{data['cpu']['busy']:>10.0%}{data['cpu']['steal']:>7.0%}"
         )
     lines.append("")
     for procs, data in report["runs"].items():
@@ -582,6 +604,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "created ÷ (last POST answered − first POST sent)",
             "the client, the poller, the API, PostgreSQL, NATS and the workers all share this machine's CPUs; "
             "single runs, so expect noise",
+            "CPU busy / steal = shares of all CPUs' time from the first POST to the end of the wait for reconciles, "
+            "busy (anyone's work) and stolen by the hypervisor (time this machine did not get)",
         ],
     }
     say(f"threeport e2e benchmark: {args.objects:,} objects, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}")
