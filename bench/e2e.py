@@ -3,9 +3,11 @@
 For each worker-process count (``--workers``, default ``1,2``) it starts the
 whole control plane with ``python -m cli.main up`` as a subprocess, on free
 ports with a fresh ``THREEPORT_HOME`` (``THREEPORT_WORKER_PROCESSES=N``,
-``THREEPORT_WORKER_THREADS=--worker-threads``, default 8), waits for
-"API listening" and one "worker ready" per worker process (a pass measures
-the running control plane, not its start) and reads the token from ``$THREEPORT_HOME/config.json``. Then:
+``THREEPORT_WORKER_THREADS=--worker-threads``, default 8) that also holds the
+client config ``up`` registers itself in (``THREEPORT_CONFIG``: the user's own
+is left alone). It waits for "API listening" and one "worker ready" per worker
+process (a pass measures the running control plane, not its start) and reads
+the token from ``$THREEPORT_HOME/config.json``. Then:
 
 * **create**: ``--clients`` threads (default 16), each with its own keep-alive
   connection (a bare-socket HTTP/1.1 client, see :class:`Client`), POST N objects (``--objects``, default 2,000)
@@ -141,6 +143,7 @@ class System:
     def start(self, timeout: float = 120.0) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "THREEPORT_API_TOKEN")}
         env.update(
+            THREEPORT_CONFIG=str(self.home / "client-config.yaml"),  # leave the user's own client config alone
             THREEPORT_HOME=str(self.home),
             THREEPORT_NATS_PORT=str(self.ports["nats"]),
             THREEPORT_POSTGRES_PORT=str(self.ports["postgres"]),
