@@ -141,6 +141,8 @@ class ReconcileActor:
 
         def status(phase: str, message: str, *, reason: str, warning: bool = False, extra=None, **flags) -> None:
             observed = flags.pop("observed", True)
+            # Every outcome says the reconciler has taken the creation (or deletion) in hand.
+            flags.setdefault("deletion_acknowledged" if deleting else "creation_acknowledged", True)
             outcome = {**(extra or {}), "phase": phase, "message": message}
             event_type = WARNING if warning else NORMAL
             self.report(model, obj, Report(generation, outcome, reason, message or phase, event_type, observed, flags))

@@ -95,6 +95,7 @@ def test_a_created_definition_is_reconciled_and_an_update_is_observed(broker, re
     # Then it is reconciled within seconds, one resource row per document
     done = wait_for(lambda: observed(obj.id))
     assert (done.status, done.reconciled, done.creation_failed) == ({"phase": "Reconciled", "message": ""}, True, False)
+    assert done.creation_acknowledged and done.creation_confirmed and not done.deletion_acknowledged
     assert resource_names(obj.id) == ["ConfigMap/web", "Deployment/web"]
 
     # When its YAML changes
@@ -147,6 +148,29 @@ def test_a_scheduled_deletion_removes_the_row(broker, reconciling):
     # Then the row and its resource rows go
     wait_for(lambda: WorkloadDefinition.get_or_none(WorkloadDefinition.id == obj.id) is None)
     assert resource_names(obj.id) == []
+
+
+def test_a_deletion_the_reconciler_refuses_is_acknowledged_and_kept(broker, reconciling, monkeypatch):
+    # Given a reconciled definition whose reconciler cannot delete what it made
+    obj = create(broker)
+    wait_for(lambda: observed(obj.id))
+    real = reconcilers.reconciler_for(WorkloadDefinition.kind)
+
+    def refuse(obj):
+        raise PermanentError("the namespace is protected")
+
+    monkeypatch.setitem(
+        reconcilers._registry, WorkloadDefinition.kind, reconcilers.Reconciler(reconcile=real.reconcile, delete=refuse)
+    )
+
+    # When its deletion is scheduled and published
+    publish_rows(broker, store.schedule_deletion(WorkloadDefinition, obj.id).outbox)
+
+    # Then the object stays, showing that the deletion was taken in hand and why it failed
+    failed = wait_for(lambda: (o := store.get(WorkloadDefinition, obj.id)).status["phase"] == "Failed" and o)
+    assert failed.deletion_acknowledged and failed.deletion_scheduled is not None
+    assert failed.status["message"] == "the namespace is protected"
+    assert not failed.deletion_confirmed
 
 
 def test_a_held_lock_requeues_until_released(broker, reconciling, locks, calls):
