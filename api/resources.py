@@ -43,6 +43,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Fields a PUT may leave out (they then stay as they are): an operator's switch, not the spec.
+OPTIONAL_ON_PUT = frozenset({"interrupt_reconciliation"})
 #: Publishes committed outbox rows (the fast path); failures are logged, never raised.
 Publisher = Callable[[Sequence[Outbox]], None]
 API_VERSION = "v0"
@@ -135,7 +137,7 @@ class Item(_KindResource):
     def on_put(self, req: falcon.Request, resp: falcon.Response, object_id: str) -> None:
         body = _body(req)
         writable = {info.name for info in fields_of(self.model).values() if info.writable}
-        missing = sorted(writable - set(body))
+        missing = sorted(writable - set(body) - OPTIONAL_ON_PUT)
         if missing:
             raise falcon.HTTPUnprocessableEntity(
                 title="Invalid Object", description=f"PUT replaces the object: missing {', '.join(missing)}"

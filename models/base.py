@@ -143,9 +143,19 @@ class ReconciledModel(KindModel):
 
     @classmethod
     def user_fields(cls) -> frozenset[str]:
-        """The fields a client may write: ``name`` and the spec fields."""
-        return frozenset(("name", *cls.spec_fields))
+        """The fields a client may write: ``name``, the spec fields and ``interrupt_reconciliation``."""
+        return frozenset(("name", *cls.generation_fields()))
+
+    @classmethod
+    def generation_fields(cls) -> frozenset[str]:
+        """The fields whose change is a new generation: the spec fields and ``interrupt_reconciliation``.
+
+        Setting ``interrupt_reconciliation`` stops the object's reconciles (the
+        next one reports ``Interrupted`` and builds nothing); clearing it
+        reconciles the object as it is then.
+        """
+        return frozenset(("interrupt_reconciliation", *cls.spec_fields))
 
 
-#: The fields every reconciled kind has, which no client writes (besides ``name``).
+#: The fields every reconciled kind has, which no client writes (besides ``name`` and ``interrupt_reconciliation``).
 LIFECYCLE_FIELDS = frozenset(ReconciledModel._meta.fields)

@@ -144,7 +144,7 @@ def update(
     if not changes:
         return Written(obj)  # nothing changes: nothing is written
     _check_object(model, {name: obj.__data__.get(name) for name in model.user_fields()} | changes, changes)
-    spec_changed = any(name in model.spec_fields for name in changes)
+    spec_changed = not model.generation_fields().isdisjoint(changes)
     values = {**changes, "updated_at": utcnow(), "resource_version": obj.resource_version + 1}
     if spec_changed:
         values["generation"] = obj.generation + 1

@@ -50,6 +50,8 @@ LOCK_TTL = 30.0
 LOCKED_BACKOFF = (0.25, 10.0)
 #: Backoff of an object waiting for its dependencies: first delay and ceiling, in seconds.
 DEPENDENCY_BACKOFF = (1.0, 30.0)
+#: The status message of an object whose reconciliation is interrupted.
+INTERRUPTED = "reconciliation is interrupted: set interrupt_reconciliation to false to resume"
 
 
 class ReconcileActor:
@@ -128,7 +130,7 @@ class ReconcileActor:
         store.confirm_deletion(model, obj.id)
 
     def _reconcile(self, model: type[ReconciledModel], object_id: str, requeues: int) -> str:
-        """Reconcile the object; the result for the metrics (reconciled, waiting, failed, skipped, deleted)."""
+        """Reconcile the object; the metrics' result: reconciled, waiting, failed, skipped, deleted or interrupted."""
         try:
             obj = self.load(model, object_id)
         except NotFound:
@@ -147,6 +149,9 @@ class ReconcileActor:
             event_type = WARNING if warning else NORMAL
             self.report(model, obj, Report(generation, outcome, reason, message or phase, event_type, observed, flags))
 
+        if not deleting and getattr(obj, "interrupt_reconciliation", False):
+            status("Interrupted", INTERRUPTED, reason="Interrupted", warning=True, reconciled=False)
+            return "interrupted"
         try:
             if deleting:
                 if reconciler is not None:

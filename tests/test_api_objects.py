@@ -120,6 +120,25 @@ def test_put_replaces_and_needs_every_user_field(client):
     assert replaced.status_code == 200 and replaced.json["name"] == "web2"
 
 
+def test_interrupting_reconciliation_is_a_new_generation_that_a_put_may_leave_out(client, broker):
+    # Given an object
+    url = f"/v0/workload-definitions/{create(client).json['id']}"
+
+    # When its reconciliation is interrupted
+    interrupted = client.simulate_patch(url, json={"interrupt_reconciliation": True})
+
+    # Then that is a new generation, with its reconcile message
+    assert interrupted.status_code == 200
+    assert (interrupted.json["interrupt_reconciliation"], interrupted.json["generation"]) == (True, 2)
+    assert broker.get_queue_message_counts("workloads")[0] == 2
+
+    # And a PUT without the flag keeps it, while one with a non-boolean is refused
+    replaced = client.simulate_put(url, json={"name": "web", "yaml_document": YAML + "data: {}\n"})
+    assert replaced.status_code == 200 and replaced.json["interrupt_reconciliation"] is True
+    refused = client.simulate_patch(url, json={"interrupt_reconciliation": "yes"})
+    assert refused.status_code == 422 and "interrupt_reconciliation" in refused.json["detail"]
+
+
 def test_delete_answers_202_and_schedules_deletion(client, broker):
     created = create(client).json
     result = client.simulate_delete(f"/v0/workload-definitions/{created['id']}")

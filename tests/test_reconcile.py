@@ -173,6 +173,30 @@ def test_a_deletion_the_reconciler_refuses_is_acknowledged_and_kept(broker, reco
     assert not failed.deletion_confirmed
 
 
+def test_an_interrupted_object_is_not_reconciled_until_resumed(broker, reconciling, calls):
+    # Given a reconciled definition
+    obj = create(broker)
+    wait_for(lambda: observed(obj.id))
+
+    # When its reconciliation is interrupted, and then its YAML changes
+    publish_rows(broker, store.update(WorkloadDefinition, obj.id, {"interrupt_reconciliation": True}).outbox)
+    wait_for(lambda: observed(obj.id, 2))
+    publish_rows(broker, store.update(WorkloadDefinition, obj.id, {"yaml_document": YAML.split("---")[1]}).outbox)
+
+    # Then it reports Interrupted and its reconciler is not called: the old rows stay
+    paused = wait_for(lambda: observed(obj.id, 3))
+    assert paused.status["phase"] == "Interrupted" and not paused.reconciled
+    assert calls.count == 1
+    assert resource_names(obj.id) == ["ConfigMap/web", "Deployment/web"]
+    assert Event.select().where(Event.object_id == obj.id, Event.reason == "Interrupted").count() == 1
+
+    # When it is resumed, then it is reconciled as it is now
+    publish_rows(broker, store.update(WorkloadDefinition, obj.id, {"interrupt_reconciliation": False}).outbox)
+    resumed = wait_for(lambda: observed(obj.id, 4))
+    assert resumed.status["phase"] == "Reconciled" and resumed.reconciled
+    assert resource_names(obj.id) == ["Deployment/web"] and calls.count == 2
+
+
 def test_a_held_lock_requeues_until_released(broker, reconciling, locks, calls):
     # Given someone else holds the object's lock
     written = store.create(WorkloadDefinition, {"name": "locked", "yaml_document": YAML})

@@ -70,7 +70,7 @@ MESSAGE_DURATION = Histogram(
 )
 RECONCILES = Counter(
     "threeport_reconcile_total",
-    "Reconciles by kind and result (reconciled, waiting, failed, error, skipped, deleted).",
+    "Reconciles by kind and result (reconciled, waiting, failed, error, skipped, deleted, interrupted).",
     ("kind", "result"),
 )
 RECONCILE_DURATION = Histogram("threeport_reconcile_duration_seconds", "The time reconciles take.", ("kind",))
