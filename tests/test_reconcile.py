@@ -197,6 +197,17 @@ def test_an_interrupted_object_is_not_reconciled_until_resumed(broker, reconcili
     assert resource_names(obj.id) == ["Deployment/web"] and calls.count == 2
 
 
+def test_an_interrupted_object_is_still_deleted(broker, reconciling):
+    # Given a definition whose reconciliation is interrupted
+    obj = create(broker)
+    publish_rows(broker, store.update(WorkloadDefinition, obj.id, {"interrupt_reconciliation": True}).outbox)
+    assert wait_for(lambda: observed(obj.id, 2)).status["phase"] == "Interrupted"
+
+    # When its deletion is scheduled, then it goes all the same
+    publish_rows(broker, store.schedule_deletion(WorkloadDefinition, obj.id).outbox)
+    wait_for(lambda: WorkloadDefinition.get_or_none(WorkloadDefinition.id == obj.id) is None)
+
+
 def test_a_held_lock_requeues_until_released(broker, reconciling, locks, calls):
     # Given someone else holds the object's lock
     written = store.create(WorkloadDefinition, {"name": "locked", "yaml_document": YAML})
