@@ -2,7 +2,8 @@
 
 gunicorn is embedded through its ``BaseApplication`` so the command needs no
 config file; it forks ``--workers`` processes, each with ``--threads``
-threads, and stops gracefully on SIGTERM within ``--graceful-timeout``.
+threads (:class:`api.gunicorn_worker.LingeringThreadWorker`), and stops
+gracefully on SIGTERM within ``--graceful-timeout``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import typer
 from gunicorn.app.base import BaseApplication
 
 from api.app import get_app
+from api.gunicorn_worker import DEFAULT_LINGER, LINGER_ENV
 from workers.replicas import DEFAULT_REPLICAS
 from workers.replicas import ENV_VAR as REPLICAS_ENV
 
@@ -38,6 +40,13 @@ def serve(
     workers: int = typer.Option(2, envvar="THREEPORT_API_WORKERS", help="gunicorn worker processes."),
     threads: int = typer.Option(8, envvar="THREEPORT_API_THREADS", help="Threads per worker process."),
     graceful_timeout: int = typer.Option(20, help="Seconds to finish requests on SIGTERM."),
+    linger: float = typer.Option(
+        DEFAULT_LINGER,
+        envvar=LINGER_ENV,
+        min=0,
+        help="Seconds a thread that answered a keep-alive connection waits for its next request "
+        "before handing it back to the worker's poller (0: at once).",
+    ),
     access_log: bool = typer.Option(
         False,
         "--access-log/--no-access-log",
@@ -55,12 +64,13 @@ def serve(
 ) -> None:
     """Serve the HTTP API (DATABASE_URL, NATS_URL and THREEPORT_API_TOKEN from the environment)."""
     os.environ[REPLICAS_ENV] = str(nats_replicas)  # what get_app() reads in every gunicorn worker
+    os.environ[LINGER_ENV] = str(linger)  # what every gunicorn worker reads
     _Gunicorn(
         {
             "bind": f"{host}:{port}",
             "workers": workers,
             "threads": threads,
-            "worker_class": "gthread",
+            "worker_class": "api.gunicorn_worker.LingeringThreadWorker",
             "graceful_timeout": graceful_timeout,
             "accesslog": "-" if access_log else None,
             "errorlog": "-",

@@ -16,7 +16,8 @@ from pathlib import Path
 bind = "0.0.0.0:8080"
 workers = int(os.environ.get("THREEPORT_API_WORKERS", "2"))
 threads = int(os.environ.get("THREEPORT_API_THREADS", "8"))
-worker_class = "gthread"
+# gthread whose threads wait a moment for a connection's next request (THREEPORT_API_LINGER seconds).
+worker_class = "api.gunicorn_worker.LingeringThreadWorker"
 # The app is loaded in each worker, after the metrics directory is set.
 preload_app = False
 # Seconds in-flight requests get after SIGTERM; the orchestrator's grace period must be longer.

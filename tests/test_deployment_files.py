@@ -31,6 +31,7 @@ import pytest
 import typer.main
 import yaml
 from gunicorn.config import Config as GunicornConfig
+from gunicorn.workers.gthread import ThreadWorker
 from typer.testing import CliRunner
 
 from api.app import OPEN_PATHS, create_app
@@ -368,7 +369,8 @@ def test_the_gunicorn_settings_are_known_to_gunicorn(monkeypatch, tmp_path):
 
     # Then the API listens on 8080, in threads, and drains within the graceful timeout
     assert config.bind == ["0.0.0.0:8080"]
-    assert config.worker_class_str == "gthread" and config.workers >= 2
+    assert config.worker_class_str == "api.gunicorn_worker.LingeringThreadWorker" and config.workers >= 2
+    assert issubclass(config.worker_class, ThreadWorker)
     assert 0 < config.graceful_timeout
 
 
