@@ -51,9 +51,15 @@ class LingeringThreadWorker(ThreadWorker):
         with self._counts:
             self._queued += 1
             wake = self._lingering.popleft() if self._queued > self._free and self._lingering else None
-        super().enqueue_req(conn)
-        if wake is not None:
-            os.write(wake, b"\0")
+        try:
+            super().enqueue_req(conn)
+        except BaseException:  # not submitted (the pool is shutting down): it waits for no thread
+            with self._counts:
+                self._queued -= 1
+            raise
+        finally:
+            if wake is not None:  # the thread taken off the list waits for this wake-up
+                os.write(wake, b"\0")
 
     def handle(self, conn):
         with self._counts:
