@@ -83,7 +83,6 @@ class LingeringThreadWorker(ThreadWorker):
             if self.linger <= 0 or self._queued >= self._free:
                 return False  # keep a thread free for the other connections
             self._lingering.append(wake_w)
-        woken = False
         try:
             poller = select.poll()
             poller.register(conn.sock, select.POLLIN)
@@ -92,16 +91,15 @@ class LingeringThreadWorker(ThreadWorker):
             ready: set[int] = set()
             while not ready and (left := deadline - time.monotonic()) > 0:
                 ready = {fd for fd, _ in poller.poll(left * 1000)}
-            woken = wake_r in ready
-            return bool(ready) and not woken
+            return bool(ready) and wake_r not in ready
         except (OSError, ValueError):  # the connection is gone
             return False
         finally:
             with self._counts:
-                if wake_w in self._lingering:
+                # Off the list: a request took it to wake us, and the wake-up is (or is about to be) in the pipe.
+                woken = wake_w not in self._lingering
+                if not woken:
                     self._lingering.remove(wake_w)
-                else:  # a request took it to wake us: the wake-up is (or is about to be) in the pipe
-                    woken = True
             if woken:
                 self._drain(wake_r)
 

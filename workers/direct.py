@@ -258,13 +258,12 @@ class DirectClient:
         ``-ERR``: whatever has arrived is read here without waiting.
         """
         self._deadline = time.monotonic() + timeout
-        if headers:
-            head = _header_block(headers)
-            self._check_size(head, payload)
+        head = _header_block(headers) if headers else b""
+        self._check_size(head, payload)
+        if head:
             size = len(head) + len(payload)
             frame = b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(head), size, head, payload)
         else:
-            self._check_size(b"", payload)
             frame = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
         try:
             self._send(frame)
