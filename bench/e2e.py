@@ -31,7 +31,11 @@ machine.
 Printed per worker count: create rate (objects/s from the first POST sent to
 the last answered), sustained reconcile rate (objects reconciled ÷ time from
 the first ``created_at`` to the last ``updated_at``), latency p50/p90/p99/max,
-and errors (any answer but 201, or a failed request); then the goals: ≥ 300
+errors (any answer but 201, or a failed request), the share of the CPUs busy
+and stolen by the hypervisor during the pass, and the machine's speed just
+before and after it (``--speed-seconds`` of busy loop, see
+:mod:`bench.machine_speed`; a cloud machine's speed drifts, and the same work
+then costs more CPU); then the goals: ≥ 300
 reconciles/s sustained and p50 create→reconciled ≤ 50 ms. A pass paced with
 ``--rate`` below what the system sustains shows its latency unloaded; an
 unpaced pass shows its throughput (and a latency that is mostly queueing).
@@ -74,6 +78,7 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine_speed import loop_rate  # noqa: E402
 from bench.processes import become_subreaper, proc_table, reap_zombies  # noqa: E402
 from cli.local_servers import free_port  # noqa: E402
 
@@ -473,7 +478,7 @@ def render(report: dict[str, Any]) -> str:
         + (f"paced at {report['rate']:,.0f}/s, " if report["rate"] else "unpaced, ")
         + f"{report['worker_threads']} threads per worker process | {report['machine']['cpus']} CPUs ==",
         f"{'worker processes':<18}{'create/s':>10}{'reconcile/s':>13}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-        f"{'max ms':>9}{'errors':>8}{'unrec.':>8}{'CPU busy':>10}{'steal':>7}",
+        f"{'max ms':>9}{'errors':>8}{'unrec.':>8}{'CPU busy':>10}{'steal':>7}{'speed':>10}",
     ]
     for procs, data in report["runs"].items():
         if "error" in data:
@@ -484,6 +489,7 @@ def render(report: dict[str, Any]) -> str:
             f"{procs:<18}{_f(data['create_rate']):>10}{_f(data['reconcile_rate']):>13}{_f(lat['p50']):>9}"
             f"{_f(lat['p90']):>9}{_f(lat['p99']):>9}{_f(lat['max']):>9}{data['error_count']:>8}"
             f"{data['unreconciled']:>8}{data['cpu']['busy']:>10.0%}{data['cpu']['steal']:>7.0%}"
+            f"{_f(data['speed_before'], '.0f') + ' / ' + _f(data['speed_after'], '.0f'):>10}"
         )
     lines.append("")
     for procs, data in report["runs"].items():
@@ -528,8 +534,13 @@ def run_pass(procs: int, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         system.start()
         data["startup_seconds"] = round(time.monotonic() - t0, 2)
-        say(f"    up in {data['startup_seconds']:.1f}s at {system.api_url}; posting {args.objects:,} objects")
+        data["speed_before"] = _speed(args)
+        say(
+            f"    up in {data['startup_seconds']:.1f}s at {system.api_url}; machine speed {_f(data['speed_before'], '.1f')}"
+            f"; posting {args.objects:,} objects"
+        )
         data.update(measure(system, args))
+        data["speed_after"] = _speed(args)
     except Exception as exc:
         data["error"] = f"{type(exc).__name__}: {exc}"
         say(f"    failed: {data['error']}")
@@ -549,6 +560,11 @@ def run_pass(procs: int, args: argparse.Namespace) -> dict[str, Any]:
             "p50_met": bool(data["latency_ms"]["p50"] is not None and data["latency_ms"]["p50"] <= GOAL_P50_MS),
         }
     return data
+
+
+def _speed(args: argparse.Namespace) -> Optional[float]:
+    """The machine's speed now (:mod:`bench.machine_speed`), with the control plane started and idle."""
+    return loop_rate(args.speed_seconds) if args.speed_seconds > 0 else None
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -571,6 +587,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--settle", type=float, default=60.0, help="seconds to wait for reconciles after the last POST (default 60)"
     )
+    parser.add_argument(
+        "--speed-seconds",
+        type=float,
+        default=2.0,
+        help="seconds of busy loop before and after each pass to read the machine's speed (default 2; 0: none)",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON on stdout (tables go to stderr)")
     args = parser.parse_args(argv)
     try:
@@ -579,8 +601,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         parser.error("--workers must be comma-separated numbers")
     if args.objects < 1 or args.clients < 1 or args.worker_threads < 1 or not args.worker_counts:
         parser.error("--objects, --clients, --worker-threads and --workers must be positive")
-    if any(w < 1 for w in args.worker_counts) or args.poll_ms <= 0 or args.rate < 0:
-        parser.error("--workers and --poll-ms must be positive, --rate not negative")
+    if any(w < 1 for w in args.worker_counts) or args.poll_ms <= 0 or args.rate < 0 or args.speed_seconds < 0:
+        parser.error("--workers and --poll-ms must be positive, --rate and --speed-seconds not negative")
     return args
 
 
@@ -609,6 +631,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             "single runs, so expect noise",
             "CPU busy / steal = shares of all CPUs' time from the first POST to the end of the wait for reconciles, "
             "busy (anyone's work) and stolen by the hypervisor (time this machine did not get)",
+            "speed = millions of iterations per second per CPU of a pure-Python busy loop on every CPU, just "
+            "before the pass and just after it (bench/machine_speed.py): how fast the machine ran then; the same "
+            "work costs more CPU when it is lower",
         ],
     }
     say(f"threeport e2e benchmark: {args.objects:,} objects, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}")
