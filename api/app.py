@@ -26,8 +26,9 @@ from .docs import Docs
 from .errors import handle_store_error, handle_unexpected, serialize_problem
 from .extensions import ExtensionCollection, ExtensionItem, ExtensionSink
 from .health import Check, Healthz, Readyz
+from .media import JSON_MEDIA_TYPES, json_handler
 from .metrics import Metrics, RequestMetrics
-from .middleware import BearerAuth, BodyLimit, RequestId, RequireJson, Tracing
+from .middleware import BearerAuth, BodyLimit, PlainQuery, RequestId, RequireJson, Tracing
 from .openapi import OpenApi
 from .operations import DeadLetterRetry, DeadLetters, Queues, Workers
 from .proxy import SINK_PREFIX, ExtensionProxy, RouteCache
@@ -71,9 +72,11 @@ def create_app(
             BearerAuth(settings.token_hashes, open_paths=OPEN_PATHS),
             BodyLimit(settings.max_body_bytes),
             RequireJson(),
+            PlainQuery(),
         ]
     )
     app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.media_handlers.update(dict.fromkeys(JSON_MEDIA_TYPES, json_handler()))
     app.set_error_serializer(serialize_problem)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(StoreError, handle_store_error)

@@ -37,7 +37,7 @@ def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
     body = problem_body(
         status=exc.status_code,
         title=exc.title or falcon.code_to_http_status(exc.status_code),
-        detail=exc.description,
+        detail=exc.description or _default_detail(req, exc),
         instance=req.path,
         errors=extra,
         request_id=req.context.get("request_id"),
@@ -45,6 +45,16 @@ def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
     resp.content_type = PROBLEM_JSON
     resp.text = json.dumps(body)
     resp.append_header("Vary", "Accept")
+
+
+def _default_detail(req: falcon.Request, exc: falcon.HTTPError) -> Optional[str]:
+    """What Falcon's own answers leave unsaid: no route there, or not that method."""
+    if exc.status_code == 404:
+        return f"Nothing is served at {req.path}."
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow")
+        return f"{req.method} is not allowed on {req.path}" + (f"; allowed: {allowed}." if allowed else ".")
+    return None
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:

@@ -18,14 +18,16 @@ import uuid
 
 import falcon
 import structlog
+from gunicorn.http.errors import ParseException
 
 from workers import tracing
 
+from .media import JSON_MEDIA_TYPES
 from .settings import hash_token
 
-__all__ = ["Tracing", "RequestId", "BearerAuth", "BodyLimit", "RequireJson"]
+__all__ = ["Tracing", "RequestId", "BearerAuth", "BodyLimit", "RequireJson", "PlainQuery"]
 
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -124,7 +126,12 @@ class BodyLimit:
             if length > self.max_bytes:
                 raise self._too_large()
             return
-        body = req.stream.read(self.max_bytes + 1)
+        try:
+            body = req.stream.read(self.max_bytes + 1)
+        except (ParseException, OSError) as exc:  # a malformed chunk, or the client went away mid-body
+            raise falcon.HTTPBadRequest(
+                title="Malformed Body", description=f"The chunked body could not be read: {exc}"
+            ) from None
         if len(body) > self.max_bytes:
             raise self._too_large()
         req.env["wsgi.input"] = req.stream = io.BytesIO(body)
@@ -137,12 +144,17 @@ class BodyLimit:
 
 
 class RequireJson:
-    """Bodies must be JSON (``application/json``, or ``application/merge-patch+json`` for PATCH)."""
+    """Bodies must be JSON (``application/json``, or ``application/merge-patch+json`` for PATCH).
+
+    The media type is matched without regard to case, and handed on in lower
+    case, as Falcon looks its handlers up by the exact type.
+    """
 
     ACCEPTED = {
         "POST": ("application/json",),
         "PUT": ("application/json",),
-        "PATCH": ("application/json", "application/merge-patch+json"),
+        "PATCH": JSON_MEDIA_TYPES,
+        "DELETE": ("application/json",),
     }
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -155,3 +167,20 @@ class RequireJson:
                 title="Unsupported Media Type",
                 description=f"Send the body as {' or '.join(accepted)} (got {media_type or 'no content type'}).",
             )
+        req.content_type = media_type
+
+
+class PlainQuery:
+    """Query values must be text a filter can compare: NUL (``%00``) is refused with 400.
+
+    PostgreSQL cannot hold NUL in a text value, so no object could match it.
+    """
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if "%00" not in req.query_string:
+            return
+        for name, value in req.params.items():
+            if any("\x00" in v for v in (value if isinstance(value, list) else [value])):
+                raise falcon.HTTPBadRequest(
+                    title="Invalid Query", description=f"query parameter {name!r} contains NUL (%00)"
+                )

@@ -170,7 +170,7 @@ def _chosen_ids(req: falcon.Request) -> Optional[list[str]]:
 
 def _limit(req: falcon.Request) -> int:
     value = req.get_param("limit", default=str(DEFAULT_DEAD_LETTERS))
-    if not value.isdigit() or not 1 <= int(value) <= MAX_DEAD_LETTERS:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_DEAD_LETTERS:
         raise falcon.HTTPUnprocessableEntity(
             title="Invalid Query", description=f"limit must be a number from 1 to {MAX_DEAD_LETTERS}"
         )

@@ -104,6 +104,11 @@ class Collection(_KindResource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         params = dict(req.params)
+        repeated = sorted(name for name, value in params.items() if isinstance(value, list))
+        if repeated:
+            raise falcon.HTTPUnprocessableEntity(
+                title="Invalid Query", description=f"give each query parameter once ({', '.join(repeated)} repeated)"
+            )
         limit = params.pop("limit", "50")
         after = params.pop("after", None)
         order = params.pop("order", "asc")

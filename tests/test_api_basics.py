@@ -23,6 +23,12 @@ class Echo:
     def on_get(self, req, resp):
         raise RuntimeError("boom: internal detail that must not leak")
 
+    def on_patch(self, req, resp):
+        resp.media = {"got": req.get_media()}
+
+    def on_delete(self, req, resp):
+        resp.media = {"got": req.get_media()}
+
 
 @pytest.fixture
 def client():
@@ -125,6 +131,89 @@ def test_unknown_routes_are_404_problems(client):
     result = client.simulate_get("/nope")
     assert result.status_code == 404
     assert result.json["status"] == 404
+    assert result.json["detail"] == "Nothing is served at /nope."
+
+
+def test_a_method_a_route_does_not_serve_is_a_405_problem_naming_the_allowed_ones(client):
+    result = client.simulate_post("/healthz")
+    assert result.status_code == 405
+    assert result.headers["content-type"] == "application/problem+json"
+    assert result.json["detail"].startswith("POST is not allowed on /healthz; allowed: ")
+    assert "GET" in result.json["detail"]
+
+
+def post_json_text(client, text: str, *, method: str = "POST", content_type: str = "application/json"):
+    return client.simulate_request(method, "/echo", body=text.encode(), headers={"Content-Type": content_type})
+
+
+@pytest.mark.parametrize(
+    "text, where, what",
+    [
+        ('{"name": "a\\u0000b"}', "name", "NUL"),
+        ('{"spec": {"items": ["ok", "x\\u0000"]}}', "spec.items[1]", "NUL"),
+        ('{"name": "\\ud800"}', "name", "surrogate"),
+        ('{"a\\u0000": 1}', "the key 'a\\x00'", "NUL"),
+        ('"\\udfff"', "the body", "surrogate"),
+        ('{"n": 1e400}', "n", "too large"),
+    ],
+)
+def test_json_the_database_cannot_store_is_a_422_naming_where(client, text, where, what):
+    # Given valid JSON with a string PostgreSQL refuses (or a number no answer could carry back)
+    result = post_json_text(client, text)
+
+    # Then it is refused before anything reads it, saying where
+    assert result.status_code == 422
+    assert result.headers["content-type"] == "application/problem+json"
+    assert result.json["detail"].startswith(f"{where}: ")
+    assert what in result.json["detail"]
+
+
+@pytest.mark.parametrize("text", ['{"n": NaN}', '{"n": Infinity}', "[-Infinity]"])
+def test_what_python_reads_but_is_not_json_is_a_400(client, text):
+    result = post_json_text(client, text)
+    assert result.status_code == 400
+    assert result.json["title"] == "Malformed JSON"
+    assert "JSON has no NaN or infinity" in result.json["detail"]
+
+
+def test_a_body_nested_deeper_than_the_parser_goes_is_a_400():
+    # Given the default body limit (1 MiB), when 100,000 arrays are nested in one another
+    app = create_app(Settings(token_hashes=frozenset({hash_token(TOKEN)})))
+    app.add_route("/echo", Echo())
+    client = testing.TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+    result = post_json_text(client, "[" * 100_000 + "]" * 100_000)
+
+    # Then the body is malformed, not a server error
+    assert result.status_code == 400
+    assert result.json["detail"] == "The body is nested too deeply to be read."
+
+
+def test_unicode_that_is_fine_passes_through(client):
+    result = post_json_text(client, '{"name": "caf\\u00e9 \\ud83d\\ude00 \u65e5\u672c"}')
+    assert result.status_code == 200
+    assert result.json == {"got": {"name": "caf\u00e9 \U0001f600 \u65e5\u672c"}}
+
+
+def test_a_merge_patch_and_a_media_type_in_capitals_are_read_as_json(client):
+    patched = post_json_text(client, '{"zone": "Public"}', method="PATCH", content_type="application/merge-patch+json")
+    capitals = post_json_text(client, '{"zone": "Public"}', content_type="Application/JSON; charset=utf-8")
+    assert patched.status_code == 200 and patched.json == {"got": {"zone": "Public"}}
+    assert capitals.status_code == 200 and capitals.json == {"got": {"zone": "Public"}}
+
+
+def test_a_delete_body_is_held_to_the_limit_and_to_json_too(client):
+    too_large = post_json_text(client, '{"ids": ["' + "x" * 2048 + '"]}', method="DELETE")
+    not_json = post_json_text(client, "ids=1", method="DELETE", content_type="text/plain")
+    fine = post_json_text(client, '{"ids": ["a"]}', method="DELETE")
+    assert too_large.status_code == 413
+    assert not_json.status_code == 415
+    assert fine.status_code == 200 and fine.json == {"got": {"ids": ["a"]}}
+
+
+def test_a_query_value_with_nul_is_a_400_naming_the_parameter(client):
+    result = client.simulate_get("/healthz", query_string="name=a%00b")
+    assert result.status_code == 400
+    assert result.json["detail"] == "query parameter 'name' contains NUL (%00)"
 
 
 def test_settings_from_env_hash_tokens_and_keep_given_hashes():

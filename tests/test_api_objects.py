@@ -161,6 +161,11 @@ def test_delete_answers_202_and_schedules_deletion(client, broker):
         ("GET", "/v0/workload-definitions?limit=abc", None, 422),
         ("GET", "/v0/workload-definitions?after=garbage", None, 422),
         ("GET", "/v0/workload-definitions?no_such_field=1", None, 422),
+        ("GET", "/v0/workload-definitions?limit=1&limit=2", None, 422),
+        ("GET", "/v0/workload-definitions?after=a&after=b", None, 422),
+        ("GET", "/v0/workload-definitions?name=a&name=b", None, 422),
+        ("GET", "/v0/workload-definitions?name=a%00", None, 400),
+        ("POST", "/v0/workload-definitions", {"name": "x\u0000", "yaml_document": "a"}, 422),
     ],
 )
 def test_bad_input_gets_a_clear_4xx_problem(client, method, path, body, status):

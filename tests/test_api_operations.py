@@ -182,6 +182,8 @@ def test_an_unknown_queue_is_a_404_and_a_bad_name_or_limit_a_422(client, broker)
     # And a name NATS cannot hold, or a limit out of range, is invalid
     assert client.simulate_get("/v0/queues/no*star/dead-letters").status_code == 422
     assert client.simulate_get("/v0/queues/parked/dead-letters", params={"limit": "0"}).status_code == 422
+    for digits in ("\u00b2", "\u2460", "\uff11"):  # digits to str.isdigit, not all of them to int()
+        assert client.simulate_get("/v0/queues/parked/dead-letters", params={"limit": digits}).status_code == 422
     # And a limit shows the oldest, saying there are more
     bury(broker, "parked", count=1)
     send("parked", 1)
