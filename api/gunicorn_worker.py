@@ -15,17 +15,26 @@ the other connections (so with more busy connections than threads, the rest
 take gthread's round), and a request that finds no free thread (the free one
 busy with a slow request) wakes the thread that has lingered longest, through
 a pipe of its own; it hands its connection back and takes the request.
+
+A request gunicorn itself cannot read (a malformed request line or header,
+a line or headers over its limits) is answered by gunicorn before the app
+sees it; in this worker's process that answer is ``application/problem+json``
+like every other error of the API, not gunicorn's HTML page.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import select
 import threading
 import time
 
+from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
+
+from .errors import PROBLEM_JSON, problem_body
 
 __all__ = ["LingeringThreadWorker", "LINGER_ENV", "DEFAULT_LINGER"]
 
@@ -45,6 +54,7 @@ class LingeringThreadWorker(ThreadWorker):
         self._free = self.cfg.threads  # threads not running handle()
         self._lingering: collections.deque[int] = collections.deque()  # wake-up pipes, longest lingering first
         self._local = threading.local()
+        util.write_error = write_problem  # gunicorn's own error answers (Worker.handle_error), in this process
         super().init_process()
 
     def enqueue_req(self, conn) -> None:
@@ -118,3 +128,13 @@ class LingeringThreadWorker(ThreadWorker):
         poller.register(wake_r, select.POLLIN)
         if poller.poll(1000):
             os.read(wake_r, 64)
+
+
+def write_problem(sock, status: int, reason: str, message: str) -> None:
+    """gunicorn's ``util.write_error``, answering with a problem+json body instead of an HTML page."""
+    body = json.dumps(problem_body(status=status, title=reason, detail=message or reason)).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_JSON}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)

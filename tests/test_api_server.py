@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,19 @@ def get(url: str, token: str = "") -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def raw(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send ``request`` as it is; the status line, headers and body of the answer (read to the close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return status, headers, body
 
 
 @pytest.mark.parametrize("access_log", [False, True], ids=["quiet", "access-log"])
@@ -67,6 +81,20 @@ def test_the_api_serves_under_gunicorn_and_stops_on_sigterm(
         # And other routes want the token
         assert get(f"http://127.0.0.1:{port}/v0/nothing")[0] == 401
         assert get(f"http://127.0.0.1:{port}/v0/nothing", token="tok")[0] == 404
+
+        # And a request gunicorn cannot read is answered as problem+json too, as is a malformed chunked body
+        status, headers, body = raw(port, b"NOT AN HTTP REQUEST\r\n\r\n")
+        assert status.startswith("HTTP/1.1 400 ")
+        assert headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["status"] == 400 and json.loads(body)["detail"]
+        chunked = (
+            b"POST /v0/workload-definitions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"zz\r\nabc\r\n0\r\n\r\n"
+        )
+        status, headers, body = raw(port, chunked)
+        assert status.startswith("HTTP/1.1 400 ")
+        assert json.loads(body)["detail"].startswith("The chunked body could not be read: ")
     finally:
         # When it gets SIGTERM, then it exits cleanly
         proc.send_signal(signal.SIGTERM)
