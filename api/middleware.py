@@ -126,6 +126,8 @@ class BodyLimit:
             if length > self.max_bytes:
                 raise self._too_large()
             return
+        if not req.get_header("Transfer-Encoding"):
+            return  # no body at all (a DELETE, say)
         try:
             body = req.stream.read(self.max_bytes + 1)
         except (ParseException, OSError) as exc:  # a malformed chunk, or the client went away mid-body

@@ -30,6 +30,8 @@ the extensions that changed.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import logging
 import re
@@ -41,6 +43,7 @@ from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import jsonschema
 import peewee
+import referencing.exceptions
 from playhouse.migrate import PostgresqlMigrator
 
 from . import registry
@@ -80,8 +83,16 @@ _VERSION = re.compile(r"v[1-9][0-9]*(?:(?:alpha|beta)[1-9][0-9]*)?")
 _KIND = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
 _PLURAL = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _PROPERTY = re.compile(r"[a-z][a-z0-9_]{0,62}")
+#: A queue name the broker takes (workers.naming.validate_queue_name's rule).
+_QUEUE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_-]*(?:\.[a-zA-Z0-9_-]+)*")
 #: Names a property cannot take: the lifecycle's, and what every object shows.
 _RESERVED = frozenset(LIFECYCLE_FIELDS) | {"kind", "id", "created_at", "name"}
+#: Most properties a kind may have (PostgreSQL holds 1,600 columns a table, the lifecycle's among them).
+MAX_PROPERTIES = 1000
+#: What each kind's model class is given besides its columns (see :func:`_model`): no property may hide it.
+_MODEL_ATTRIBUTES = frozenset(
+    {"kind", "plural", "summary", "queue", "domain", "version", "short_kind", "object_schema", "reconcilable"}
+)
 _COLUMN_TYPES: dict[str, Callable[..., peewee.Field]] = {
     "string": peewee.TextField,
     "integer": peewee.BigIntegerField,
@@ -146,12 +157,18 @@ class Extension(RecordModel):
         namespace = default_queue(values["domain"])
         if queue != namespace and not queue.startswith(namespace + "."):
             raise InvalidObject(f"field 'queue' must be {namespace!r} or under it ({namespace}.<name>)")
+        if not _QUEUE.fullmatch(queue):
+            raise InvalidObject(
+                f"field 'queue': {queue!r} is not a queue name (letters, digits, '_' and '-' between single dots)"
+            )
         values["queue"] = queue
         values["kinds"] = [  # stored with their defaults filled in, as clients then read them
             {"kind": spec.kind, "plural": spec.plural, "summary": spec.summary, "reconciled": spec.reconciled}
             | {"schema": spec.schema}
             for spec in _checked_kinds(values["kinds"])
         ]
+        for spec in values["kinds"]:
+            _check_registrable(spec["kind"], spec["schema"])
 
 
 class ExtensionObject(ReconciledModel):
@@ -173,7 +190,10 @@ class ExtensionObject(ReconciledModel):
     def check(cls, values: dict[str, Any]) -> None:
         document = {name: value for name, value in values.items() if name != "name" and value is not None}
         errors = jsonschema.Draft202012Validator(cls.object_schema).iter_errors(document)
-        error = jsonschema.exceptions.best_match(errors)
+        try:
+            error = jsonschema.exceptions.best_match(errors)
+        except referencing.exceptions.Unresolvable as exc:  # registered before references were checked
+            raise InvalidObject(f"the kind's schema cannot be used: a $ref does not resolve ({exc})") from None
         if error is not None:
             path = list(error.absolute_path)
             where = f"field {path[0]!r}" + "".join(f"[{part!r}]" for part in path[1:]) if path else "object"
@@ -213,7 +233,10 @@ def register_extension(fields: dict[str, Any]) -> Extension:
     to an extension API server).
     """
     domain, version = fields.get("domain"), fields.get("version")
-    taken = Extension.select(Extension.id).where((Extension.domain == domain) & (Extension.version == version)).first()
+    taken = None
+    if isinstance(domain, str) and isinstance(version, str):  # otherwise create_record says what is wrong
+        taken = Extension.select(Extension.id).where((Extension.domain == domain) & (Extension.version == version))
+        taken = taken.first()
     if taken is not None:
         raise Conflict(f"{domain}/{version} is registered already (Extension {taken.id}): replace it with a PUT")
     extension = create_record(Extension, fields)
@@ -433,6 +456,49 @@ def _check_object_schema(kind: str, schema: dict[str, Any]) -> None:
         raise InvalidObject(f"kind {kind!r}: required {sorted(unknown)} are not among its properties")
 
 
+def _check_registrable(kind: str, schema: dict[str, Any]) -> None:
+    """What a kind must satisfy to be registered, beyond what a stored one is read with.
+
+    A property must not hide an attribute of its model class (``select``,
+    ``index``, ``plural``: the model would break), a schema has no ``$ref``
+    (each property's schema also checks its column alone, where a reference
+    would point nowhere, and is shown in the OpenAPI document), and each
+    ``default`` must be valid for its property; all are refused here rather
+    than by a 500 on the kind's first object.
+    Registrations stored before these checks still load (:func:`build_models`).
+    """
+    properties = schema.get("properties", {})
+    if len(properties) > MAX_PROPERTIES:
+        raise InvalidObject(f"kind {kind!r}: at most {MAX_PROPERTIES} properties (it has {len(properties)})")
+    for name in properties:
+        if name in _MODEL_ATTRIBUTES or hasattr(ExtensionObject, name):
+            raise InvalidObject(f"kind {kind!r}: property {name!r} is a name the kind's objects use already")
+    for ref in _references(schema):
+        raise InvalidObject(f"kind {kind!r}: $ref {ref!r}: references are not followed; write the schema in place")
+    for name, property_schema in properties.items():
+        if isinstance(property_schema, dict) and "default" in property_schema:
+            error = jsonschema.exceptions.best_match(
+                jsonschema.Draft202012Validator(property_schema).iter_errors(property_schema["default"])
+            )
+            if error is not None:
+                raise InvalidObject(f"kind {kind!r}: the default of property {name!r} is not valid: {error.message}")
+
+
+def _references(schema: Any) -> Iterable[str]:
+    """Every ``$ref`` and ``$dynamicRef`` in ``schema``."""
+    pending = [schema]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                    yield value
+                else:
+                    pending.append(value)
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
 def default_plural(kind: str) -> str:
     """A kind's URL segment unless it names one: ``FancyWorkload`` → ``fancy-workloads``."""
     words = re.sub(r"(?<!^)(?=[A-Z])", "-", kind).lower()
@@ -462,15 +528,16 @@ def _model(extension: Extension, spec: _KindSpec) -> type[ExtensionObject]:
 
 
 def _column(schema: dict[str, Any], *, required: bool) -> peewee.Field:
-    column = _COLUMN_TYPES.get(schema.get("type"))  # a list of types, or none, is any JSON
+    type_ = schema.get("type")
+    column = _COLUMN_TYPES.get(type_) if isinstance(type_, str) else None  # a list of types, or none, is any JSON
     description = schema.get("description", "")
     if column is None:
         field = JSONDocument(schema, null=not required, help_text=description)
     else:
         field = column(null=not required, help_text=description)
     field.json_schema = schema
-    if "default" in schema and column is not None:
-        field.default = schema["default"]
+    if "default" in schema:  # each object its own copy (a JSON default may be a list or an object)
+        field.default = functools.partial(copy.deepcopy, schema["default"])
     return field
 
 

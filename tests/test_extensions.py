@@ -170,6 +170,30 @@ def test_objects_that_break_the_schema_are_refused_with_422(client, registered, 
             {"domain": "acmecorp.com", "version": "v1", "kinds": [{"kind": "fancy", "schema": {"type": "object"}}]},
             "CamelCase",
         ),
+        (fancy_extension(queue="ext.acmecorp.com.a b"), "is not a queue name"),
+        (fancy_extension(queue="ext.acmecorp.com.>"), "is not a queue name"),
+        (fancy_extension(queue="ext.acmecorp.com..x"), "is not a queue name"),
+        ({"domain": [], "version": "v1", "kinds": []}, "domain"),
+        (fancy_extension(schema={"type": "object", "properties": {"index": {}}}), "'index' is a name the kind's"),
+        (fancy_extension(schema={"type": "object", "properties": {"plural": {}}}), "'plural' is a name the kind's"),
+        (fancy_extension(schema={"type": "object", "properties": {"select": {}}}), "'select' is a name the kind's"),
+        (
+            fancy_extension(schema={"type": "object", "properties": {f"p{i}": {} for i in range(1001)}}),
+            "at most 1000 properties",
+        ),
+        (fancy_extension(schema={"type": "object", "properties": {"a": {"$ref": "#/nope"}}}), "are not followed"),
+        (
+            fancy_extension(schema={"type": "object", "properties": {"a": {"items": {"$ref": "http://e.com/s"}}}}),
+            "are not followed",
+        ),
+        (
+            fancy_extension(schema={"type": "object", "properties": {"n": {"type": "integer", "default": [1]}}}),
+            "the default of property 'n' is not valid",
+        ),
+        (
+            fancy_extension(schema={"type": "object", "properties": {"b": {"type": "boolean", "default": "no"}}}),
+            "the default of property 'b' is not valid",
+        ),
     ],
 )
 def test_bad_registrations_are_refused_with_422(client, registration, detail):
@@ -180,6 +204,26 @@ def test_bad_registrations_are_refused_with_422(client, registration, detail):
     assert answer.status_code == 422, answer.text
     assert detail in answer.json["detail"]
     assert client.simulate_get("/v0/extensions").json["items"] == []
+
+
+def test_a_kind_with_a_list_of_types_and_defaults_that_fit_is_served(client):
+    # Given a kind whose properties take a list of types, and fitting defaults (of a JSON column too)
+    schema = {
+        "type": "object",
+        "properties": {
+            "note": {"type": ["string", "null"]},
+            "size": {"enum": ["S", "M", "L"], "default": "M"},
+            "count": {"type": "integer", "default": 2},
+        },
+    }
+    assert client.simulate_post("/v0/extensions", json=fancy_extension(schema=schema)).status_code == 201
+
+    # Then its objects are created with the defaults, and checked against the schema
+    created = client.simulate_post("/acmecorp.com/v1/fancy-workloads", json={"name": "a", "note": None})
+    assert created.status_code == 201, created.text
+    assert (created.json["size"], created.json["count"], created.json["note"]) == ("M", 2, None)
+    refused = client.simulate_post("/acmecorp.com/v1/fancy-workloads", json={"name": "b", "size": "XL"})
+    assert refused.status_code == 422 and "size" in refused.json["detail"]
 
 
 def test_a_version_is_registered_once(client, registered):
