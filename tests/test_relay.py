@@ -85,6 +85,19 @@ def test_only_the_leader_relays_and_another_takes_over_when_it_stops(database, b
     other.stop()
 
 
+def test_a_row_for_a_queue_no_message_can_reach_holds_no_other_back(database, broker, relay, caplog):
+    # Given a row whose queue NATS cannot name (left from before queue names were checked), older than another
+    stuck = store.create(WorkloadDefinition, {"name": "stuck", "yaml_document": YAML}).outbox[0]
+    Outbox.update(queue="ext.acme.com.a b").where(Outbox.id == stuck.id).execute()
+    store.create(WorkloadDefinition, {"name": "behind", "yaml_document": YAML})
+
+    # When the relay runs, then the other row is published, and the stuck one is kept with an error
+    with caplog.at_level(logging.ERROR, logger="workers.outbox_relay"):
+        assert relay.run_once() == 1
+    assert [row.id for row in Outbox.select()] == [stuck.id]
+    assert "cannot be published: invalid queue name 'ext.acme.com.a b'" in caplog.text
+
+
 def test_the_background_loop_publishes_leftover_rows(database, broker, relay):
     # Given a row left in the outbox
     store.create(WorkloadDefinition, {"name": "looped", "yaml_document": YAML})

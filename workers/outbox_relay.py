@@ -31,6 +31,8 @@ from models import store
 from models.outbox import TRACE_KEY, Outbox
 
 from .broker import JetStreamBroker, PartialEnqueue
+from .errors import InvalidName
+from .naming import validate_queue_name
 
 __all__ = ["FastPath", "message_for", "publish_rows"]
 
@@ -120,7 +122,20 @@ class FastPath:
 
 
 def _published(broker: JetStreamBroker, rows: Sequence[Outbox]) -> list[Outbox]:
-    """Publish ``rows``: those confirmed. Rows that were not stay in the outbox for the relay."""
+    """Publish ``rows``: those confirmed. Rows that were not stay in the outbox for the relay.
+
+    A row for a queue no message can go to (a name NATS cannot hold, kept
+    from before names were checked) is left where it is, with an error, and
+    does not hold the others back.
+    """
+    routable = []
+    for row in rows:
+        try:
+            validate_queue_name(row.queue)
+            routable.append(row)
+        except InvalidName as exc:
+            logger.error("Outbox row %s (%s %s) cannot be published: %s.", row.id, row.kind, row.object_id, exc)
+    rows = routable
     if not rows:
         return []
     try:
