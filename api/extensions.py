@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import falcon
 
 from models import store
-from models.errors import Conflict, InvalidObject, NotFound
+from models.errors import Conflict, InvalidObject, NotFound, StoreError, sqlstate
 from models.events import NORMAL, WARNING, record_event
 from models.extension_kinds import (
     Extension,
@@ -45,6 +45,8 @@ __all__ = ["ExtensionCollection", "ExtensionItem", "ExtensionSink", "STATUS_BODY
 #: What ``PUT …/{id}/status`` takes besides the lifecycle flags of :data:`models.store.STATUS_FLAGS`.
 STATUS_BODY_FIELDS = frozenset({"generation", "status", "observed", "event"})
 
+#: SQLSTATEs of a query on a table or column that is not there (any more): undefined table, undefined column.
+_STALE_KIND = frozenset({"42P01", "42703"})
 _OBJECT_PATH = re.compile(
     r"/(?P<domain>[^/]+)/(?P<version>[^/]+)/(?P<plural>[^/]+)"
     r"(?:/(?P<object_id>[^/]+)(?:/(?P<action>status|confirm-deletion))?)?"
@@ -99,6 +101,17 @@ class ExtensionSink:
         self._resources: dict[tuple[str, str, str], tuple[type[ExtensionObject], dict[str, Any]]] = {}
 
     def __call__(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            self._serve(req, resp)
+        except StoreError as exc:
+            # The kind's table changed under this replica's catalog (unregistered, or registered
+            # again, through another replica a moment ago): the request failed whole; once more
+            # on the kinds as they are now.
+            if sqlstate(exc) not in _STALE_KIND or not self.catalog.refresh(force=True):
+                raise
+            self._serve(req, resp)
+
+    def _serve(self, req: falcon.Request, resp: falcon.Response) -> None:
         match = _OBJECT_PATH.fullmatch(req.path)
         model = self._model(*match.group("domain", "version", "plural"), req.path) if match else None
         if model is None:

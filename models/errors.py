@@ -82,11 +82,16 @@ class ConfigurationError(StoreError, ValueError):
 
 
 def sqlstate(exc: BaseException) -> Optional[str]:
-    """The SQLSTATE of a database error: on the error itself, its ``orig`` (peewee) or its ``__cause__``."""
-    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
-        code = getattr(candidate, "pgcode", None) or getattr(candidate, "sqlstate", None)
-        if code:
-            return code
+    """The SQLSTATE of a database error: on the error itself, its ``orig`` (peewee), or down its causes."""
+    cause: Optional[BaseException] = exc
+    for _ in range(8):  # a StoreError from a peewee error from a psycopg2 error, and a little more
+        if cause is None:
+            return None
+        for candidate in (cause, getattr(cause, "orig", None)):
+            code = getattr(candidate, "pgcode", None) or getattr(candidate, "sqlstate", None)
+            if code:
+                return code
+        cause = cause.__cause__
     return None
 
 
@@ -99,6 +104,8 @@ def translate(exc: BaseException) -> Optional[StoreError]:
     """
     if isinstance(exc, MaxConnectionsExceeded):
         return Unavailable("no database connection became free in time")
+    if type(exc) is ValueError and "NUL (0x00)" in str(exc):  # psycopg2's, before anything is sent
+        return InvalidObject("text must not contain NUL (\\u0000)")
     if not isinstance(exc, (peewee.PeeweeException, psycopg2.Error)):
         return None
     code = sqlstate(exc) or ""

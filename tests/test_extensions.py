@@ -281,6 +281,24 @@ def test_another_replica_serves_a_new_registration_without_restart(make_client):
     assert properties["image"]["description"] == "The container image."
 
 
+def test_a_replica_whose_catalog_is_a_moment_behind_serves_a_kind_registered_again(make_client):
+    # Given two replicas serving a kind, the second's catalog loaded
+    first, second = make_client(), make_client()
+    registered = first.simulate_post("/v0/extensions", json=fancy_extension()).json
+    assert second.simulate_get("/acmecorp.com/v1/fancy-workloads").status_code == 200
+
+    # When the first unregisters it and registers it again with other properties, within the second's refresh
+    assert first.simulate_delete(f"/v0/extensions/{registered['id']}", params={"force": "true"}).status_code == 204
+    schema = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
+    assert first.simulate_post("/v0/extensions", json=fancy_extension(schema=schema)).status_code == 201
+
+    # Then the second serves the kind as it is now, not a 500 from the table as it was
+    listed = second.simulate_get("/acmecorp.com/v1/fancy-workloads")
+    assert listed.status_code == 200, listed.text
+    created = second.simulate_post("/acmecorp.com/v1/fancy-workloads", json={"name": "web", "color": "red"})
+    assert created.status_code == 201, created.text
+
+
 def test_compatible_changes_apply_and_incompatible_ones_need_a_new_version(client, registered):
     # Given an object of the first schema
     path = f"/v0/extensions/{registered['id']}"

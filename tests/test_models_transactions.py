@@ -21,7 +21,7 @@ from models import (
     store,
     transactional,
 )
-from models.errors import sqlstate
+from models.errors import InvalidObject, sqlstate
 
 FORCE_SERIALIZATION_FAILURE = "DO $$ BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40001'; END $$"
 
@@ -129,6 +129,11 @@ def test_database_errors_are_translated_and_others_pass_through(database):
     with pytest.raises(StoreError, match="42P01") as caught:
         run_in_transaction(lambda: db.execute_sql("SELECT * FROM no_such_table"))
     assert sqlstate(caught.value.__cause__) == "42P01"
+    assert sqlstate(caught.value) == "42P01"  # found down the chain of causes too
+
+    # And text the driver refuses to send (NUL) is an invalid object, not an unexpected error
+    with pytest.raises(InvalidObject, match="NUL"):
+        run_in_transaction(lambda: db.execute_sql("SELECT %s", ("a\x00b",)))
 
     # And an unbound database is a clear error, not an AttributeError
     db.initialize(None)
