@@ -60,7 +60,7 @@ class AwsAccount(ReconciledModel):
     @classmethod
     def check(cls, values: dict[str, Any]) -> None:
         account_id = values.get("account_id") or ""
-        if not (len(account_id) == 12 and account_id.isdigit()):
+        if not (len(account_id) == 12 and account_id.isascii() and account_id.isdigit()):
             raise InvalidObject(f"field 'account_id' must be 12 digits, not {account_id!r}")
         if bool(values.get("access_key_id")) != bool(values.get("secret_access_key")):
             raise InvalidObject("fields 'access_key_id' and 'secret_access_key' go together")

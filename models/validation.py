@@ -116,6 +116,10 @@ def _checked_value(info: FieldInfo, value: Any) -> Any:
     if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
         names = " or ".join(t.__name__ for t in expected)
         raise InvalidObject(f"field {info.name!r} must be of type {names}, not {type(value).__name__}")
+    if isinstance(value, int) and not isinstance(value, bool) and isinstance(field, peewee.IntegerField):
+        bits = 63 if isinstance(field, peewee.BigIntegerField) else 31
+        if not -(2**bits) <= value < 2**bits:
+            raise InvalidObject(f"field {info.name!r} must be between {-(2**bits)} and {2**bits - 1}, not {value}")
     if field.choices and value not in [choice for choice, _ in field.choices]:
         allowed = ", ".join(repr(choice) for choice, _ in field.choices)
         raise InvalidObject(f"field {info.name!r} must be one of {allowed}, not {value!r}")

@@ -20,6 +20,8 @@ from models import (
     run_in_transaction,
     store,
 )
+from models.aws import AwsAccount, AwsEksKubernetesRuntimeDefinition
+from models.validation import checked_fields
 from models.workloads import record_resources
 
 YAML = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n"
@@ -102,6 +104,19 @@ def test_bad_fields_are_refused_by_name(database, fields, message):
     with pytest.raises(InvalidObject, match=message):
         store.create(WorkloadDefinition, fields)
     assert WorkloadDefinition.select().count() == 0 and outbox_rows() == []
+
+
+def test_an_integer_a_column_cannot_hold_is_refused_by_name_and_digits_must_be_ascii():
+    # Given an integer column (PostgreSQL's integer: 32 bits), then a value past it is named with the range
+    fields = {"name": "eks", "aws_account_id": str(uuid.uuid4()), "default_node_group_maximum_size": 2**31}
+    with pytest.raises(InvalidObject, match=r"'default_node_group_maximum_size' must be between -2147483648 and"):
+        checked_fields(AwsEksKubernetesRuntimeDefinition, fields, creating=True)
+    assert checked_fields(
+        AwsEksKubernetesRuntimeDefinition, {**fields, "default_node_group_maximum_size": 2**31 - 1}, creating=True
+    )
+    # And an account id of full-width digits is not an account id
+    with pytest.raises(InvalidObject, match="12 digits"):
+        AwsAccount.check({"account_id": "\uff11" * 12, "role_arn": "arn:aws:iam::1:role/x"})
 
 
 def test_an_unknown_or_malformed_id_is_not_found(database):
