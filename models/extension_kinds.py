@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Optional
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
 
 import jsonschema
 import peewee
@@ -473,7 +473,8 @@ def _check_registrable(kind: str, schema: dict[str, Any]) -> None:
     for name in properties:
         if name in _MODEL_ATTRIBUTES or hasattr(ExtensionObject, name):
             raise InvalidObject(f"kind {kind!r}: property {name!r} is a name the kind's objects use already")
-    for ref in _references(schema):
+    ref = next(_references(schema), None)
+    if ref is not None:
         raise InvalidObject(f"kind {kind!r}: $ref {ref!r}: references are not followed; write the schema in place")
     for name, property_schema in properties.items():
         if isinstance(property_schema, dict) and "default" in property_schema:
@@ -484,7 +485,7 @@ def _check_registrable(kind: str, schema: dict[str, Any]) -> None:
                 raise InvalidObject(f"kind {kind!r}: the default of property {name!r} is not valid: {error.message}")
 
 
-def _references(schema: Any) -> Iterable[str]:
+def _references(schema: Any) -> Iterator[str]:
     """Every ``$ref`` and ``$dynamicRef`` in ``schema``."""
     pending = [schema]
     while pending:
