@@ -165,7 +165,7 @@ class _Status:
         if unknown:
             raise InvalidObject(f"unknown field {sorted(unknown)[0]!r} of a status report")
         generation, status = body.get("generation"), body.get("status", {})
-        if not isinstance(generation, int) or isinstance(generation, bool):
+        if not isinstance(generation, int) or isinstance(generation, bool) or not 0 <= generation < 2**63:
             raise InvalidObject("field 'generation' must be the integer generation that was reconciled")
         flags = {name: body[name] for name in store.STATUS_FLAGS & set(body)}
         if not all(isinstance(value, bool) for value in (*flags.values(), body.get("observed", True))):

@@ -37,6 +37,12 @@ def loads(text: str) -> Any:
         raise falcon.HTTPBadRequest(
             title="Malformed JSON", description="The body is nested too deeply to be read."
         ) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # Python's cap on an integer's digits (4,300), the one other error of a valid document
+        raise falcon.HTTPBadRequest(
+            title="Malformed JSON", description="A number in the body has too many digits to be read."
+        ) from None
     _check(value)
     return value
 

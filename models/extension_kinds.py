@@ -483,6 +483,9 @@ def _check_registrable(kind: str, schema: dict[str, Any]) -> None:
             )
             if error is not None:
                 raise InvalidObject(f"kind {kind!r}: the default of property {name!r} is not valid: {error.message}")
+            default = property_schema["default"]
+            if property_schema.get("type") == "integer" and not -(2**63) <= default < 2**63:
+                raise InvalidObject(f"kind {kind!r}: the default of property {name!r} does not fit in 64 bits")
 
 
 def _references(schema: Any) -> Iterator[str]:

@@ -183,16 +183,24 @@ def test_what_python_reads_but_is_not_json_is_a_400(client, text):
     assert "JSON has no NaN or infinity" in result.json["detail"]
 
 
-def test_a_body_nested_deeper_than_the_parser_goes_is_a_400():
-    # Given the default body limit (1 MiB), when 100,000 arrays are nested in one another
+@pytest.mark.parametrize(
+    "text, detail",
+    [
+        ("[" * 100_000 + "]" * 100_000, "The body is nested too deeply to be read."),
+        ('{"n": ' + "9" * 5000 + "}", "A number in the body has too many digits to be read."),
+    ],
+    ids=["nesting", "digits"],
+)
+def test_a_body_past_what_the_parser_reads_is_a_400(text, detail):
+    # Given the default body limit (1 MiB), when a body nests 100,000 arrays or holds a 5,000-digit number
     app = create_app(Settings(token_hashes=frozenset({hash_token(TOKEN)})))
     app.add_route("/echo", Echo())
     client = testing.TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
-    result = post_json_text(client, "[" * 100_000 + "]" * 100_000)
+    result = post_json_text(client, text)
 
-    # Then the body is malformed, not a server error
+    # Then the body is malformed, not a server error, and the answer names no Python internals
     assert result.status_code == 400
-    assert result.json["detail"] == "The body is nested too deeply to be read."
+    assert (result.json["title"], result.json["detail"]) == ("Malformed JSON", detail)
 
 
 def test_unicode_that_is_fine_passes_through(client):

@@ -194,6 +194,10 @@ def test_objects_that_break_the_schema_are_refused_with_422(client, registered, 
             fancy_extension(schema={"type": "object", "properties": {"b": {"type": "boolean", "default": "no"}}}),
             "the default of property 'b' is not valid",
         ),
+        (
+            fancy_extension(schema={"type": "object", "properties": {"n": {"type": "integer", "default": 2**70}}}),
+            "the default of property 'n' does not fit in 64 bits",
+        ),
     ],
 )
 def test_bad_registrations_are_refused_with_422(client, registration, detail):
@@ -369,6 +373,8 @@ def test_a_controller_reports_status_for_the_generation_it_read_and_confirms_del
     client.simulate_patch(path, json={"replicas": 2})
     assert client.simulate_put(f"{path}/status", json=report).status_code == 409
     assert client.simulate_put(f"{path}/status", json={"generation": 2, "colour": 1}).status_code == 422
+    too_large = client.simulate_put(f"{path}/status", json={"generation": 2**63})
+    assert too_large.status_code == 422 and "field 'generation'" in too_large.json["detail"]
 
     # When deletion is confirmed before it is asked for, then it is refused; after, the row goes
     assert client.simulate_post(f"{path}/confirm-deletion").status_code == 409
