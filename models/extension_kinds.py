@@ -51,6 +51,7 @@ from .base import LIFECYCLE_FIELDS, ReconciledModel, RecordModel, UTCDateTimeFie
 from .errors import Conflict, InvalidObject, NotFound, PreconditionFailed, StoreError
 from .events import Event
 from .extensions import ExtensionApiRoute, check_domain
+from .json_schemas import Validator, unsupported_patterns
 from .outbox import Outbox
 from .schema import JSONDocument, fields_of
 from .store import create_record
@@ -189,7 +190,7 @@ class ExtensionObject(ReconciledModel):
     @classmethod
     def check(cls, values: dict[str, Any]) -> None:
         document = {name: value for name, value in values.items() if name != "name" and value is not None}
-        errors = jsonschema.Draft202012Validator(cls.object_schema).iter_errors(document)
+        errors = Validator(cls.object_schema).iter_errors(document)
         try:
             error = jsonschema.exceptions.best_match(errors)
         except referencing.exceptions.Unresolvable as exc:  # registered before references were checked
@@ -463,8 +464,9 @@ def _check_registrable(kind: str, schema: dict[str, Any]) -> None:
     ``index``, ``plural``: the model would break), a schema has no ``$ref``
     (each property's schema also checks its column alone, where a reference
     would point nowhere, and is shown in the OpenAPI document), and each
-    ``default`` must be valid for its property; all are refused here rather
-    than by a 500 on the kind's first object.
+    ``default`` must be valid for its property, and every ``pattern`` must
+    run in linear time (:mod:`models.json_schemas`); all are refused here
+    rather than by a 500 (or a stalled API) on the kind's first object.
     Registrations stored before these checks still load (:func:`build_models`).
     """
     properties = schema.get("properties", {})
@@ -473,14 +475,15 @@ def _check_registrable(kind: str, schema: dict[str, Any]) -> None:
     for name in properties:
         if name in _MODEL_ATTRIBUTES or hasattr(ExtensionObject, name):
             raise InvalidObject(f"kind {kind!r}: property {name!r} is a name the kind's objects use already")
+    problem = next(unsupported_patterns(schema), None)
+    if problem is not None:
+        raise InvalidObject(f"kind {kind!r}: {problem}")
     ref = next(_references(schema), None)
     if ref is not None:
         raise InvalidObject(f"kind {kind!r}: $ref {ref!r}: references are not followed; write the schema in place")
     for name, property_schema in properties.items():
         if isinstance(property_schema, dict) and "default" in property_schema:
-            error = jsonschema.exceptions.best_match(
-                jsonschema.Draft202012Validator(property_schema).iter_errors(property_schema["default"])
-            )
+            error = jsonschema.exceptions.best_match(Validator(property_schema).iter_errors(property_schema["default"]))
             if error is not None:
                 raise InvalidObject(f"kind {kind!r}: the default of property {name!r} is not valid: {error.message}")
             default = property_schema["default"]

@@ -22,6 +22,7 @@ from playhouse.postgres_ext import JSONField
 
 from .base import KindModel
 from .errors import InvalidObject
+from .json_schemas import Validator
 from .schema import MAX_NAME_LENGTH, FieldInfo, JSONDocument, fields_of, python_types
 
 __all__ = ["checked_fields", "checked_status", "filter_value", "filterable", "MAX_NAME_LENGTH"]
@@ -134,7 +135,7 @@ def _checked_value(info: FieldInfo, value: Any) -> Any:
 
 
 def _check_document(info: FieldInfo, value: Any) -> None:
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(info.schema).iter_errors(value))
+    error = jsonschema.exceptions.best_match(Validator(info.schema).iter_errors(value))
     if error is not None:
         where = "".join(f"[{part!r}]" for part in error.absolute_path)
         raise InvalidObject(f"field {info.name!r}{where}: {error.message}")

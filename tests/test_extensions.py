@@ -198,6 +198,14 @@ def test_objects_that_break_the_schema_are_refused_with_422(client, registered, 
             fancy_extension(schema={"type": "object", "properties": {"n": {"type": "integer", "default": 2**70}}}),
             "the default of property 'n' does not fit in 64 bits",
         ),
+        (
+            fancy_extension(schema={"type": "object", "properties": {"a": {"type": "string", "pattern": r"(a)\1"}}}),
+            r"pattern '(a)\\1' cannot run in linear time (invalid escape sequence",
+        ),
+        (
+            fancy_extension(schema={"type": "object", "properties": {"a": {"patternProperties": {"x": {}}}}}),
+            "patternProperties is not supported",
+        ),
     ],
 )
 def test_bad_registrations_are_refused_with_422(client, registration, detail):
@@ -228,6 +236,19 @@ def test_a_kind_with_a_list_of_types_and_defaults_that_fit_is_served(client):
     assert (created.json["size"], created.json["count"], created.json["note"]) == ("M", 2, None)
     refused = client.simulate_post("/acmecorp.com/v1/fancy-workloads", json={"name": "b", "size": "XL"})
     assert refused.status_code == 422 and "size" in refused.json["detail"]
+
+
+def test_a_pattern_that_would_backtrack_for_ever_checks_long_values_at_once(client):
+    # Given a kind whose pattern takes Python's regular expressions exponential time on a near-miss
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^(a+)+$"}}}
+    assert client.simulate_post("/v0/extensions", json=fancy_extension(schema=schema)).status_code == 201
+
+    # When an object's value nearly matches, 5,000 characters long (Python's re: seconds at 25)
+    refused = client.simulate_post("/acmecorp.com/v1/fancy-workloads", json={"name": "x", "a": "a" * 5000 + "!"})
+
+    # Then it is refused at once, and a match is accepted
+    assert refused.status_code == 422 and "does not match '^(a+)+$'" in refused.json["detail"]
+    assert client.simulate_post("/acmecorp.com/v1/fancy-workloads", json={"name": "y", "a": "aaa"}).status_code == 201
 
 
 def test_a_version_is_registered_once(client, registered):
