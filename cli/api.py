@@ -29,6 +29,8 @@ class _Gunicorn(BaseApplication):
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1: its socket is one path per user
+            self.cfg.set("control_socket_disable", True)
 
     def load(self):
         return get_app()
@@ -36,9 +38,9 @@ class _Gunicorn(BaseApplication):
 
 def serve(
     host: str = typer.Option("0.0.0.0", envvar="THREEPORT_API_HOST", help="Address to listen on."),
-    port: int = typer.Option(DEFAULT_PORT, envvar="THREEPORT_API_PORT", help="Port to listen on."),
-    workers: int = typer.Option(2, envvar="THREEPORT_API_WORKERS", help="gunicorn worker processes."),
-    threads: int = typer.Option(8, envvar="THREEPORT_API_THREADS", help="Threads per worker process."),
+    port: int = typer.Option(DEFAULT_PORT, envvar="THREEPORT_API_PORT", min=1, max=65535, help="Port to listen on."),
+    workers: int = typer.Option(2, envvar="THREEPORT_API_WORKERS", min=1, help="gunicorn worker processes."),
+    threads: int = typer.Option(8, envvar="THREEPORT_API_THREADS", min=1, help="Threads per worker process."),
     graceful_timeout: int = typer.Option(20, help="Seconds to finish requests on SIGTERM."),
     linger: float = typer.Option(
         DEFAULT_LINGER,

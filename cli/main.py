@@ -8,6 +8,9 @@ environment is read only at this edge (``NATS_URL``, ``THREEPORT_PREFIX``,
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from . import api, config, migrate, objects, queues, up, worker, workers
@@ -47,8 +50,20 @@ app.command("worker")(worker.run)
 app.command("workers")(workers.list_workers)
 
 
+#: Set to show the traceback of an error no command turned into a message of its own.
+DEBUG_ENV = "THREEPORT_DEBUG"
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:  # the last resort: one line, not a traceback (each command says its own errors)
+        if os.environ.get(DEBUG_ENV):
+            raise
+        lines = str(exc).strip().splitlines()
+        said = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        typer.echo(f"Error: {said} ({DEBUG_ENV}=1 shows where)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

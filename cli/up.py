@@ -56,13 +56,15 @@ console = Console()
 
 def up(
     home: Path = typer.Option(Path(".threeport"), envvar="THREEPORT_HOME", help="Where local data lives."),
-    nats_port: int = typer.Option(DEFAULT_NATS_PORT, envvar="THREEPORT_NATS_PORT", help="Embedded NATS port."),
-    postgres_port: int = typer.Option(
-        DEFAULT_POSTGRES_PORT, envvar="THREEPORT_POSTGRES_PORT", help="Embedded PostgreSQL port."
+    nats_port: int = typer.Option(
+        DEFAULT_NATS_PORT, envvar="THREEPORT_NATS_PORT", min=1, max=65535, help="Embedded NATS port."
     ),
-    api_port: int = typer.Option(DEFAULT_API_PORT, envvar="THREEPORT_API_PORT", help="API port."),
-    worker_processes: int = typer.Option(1, envvar="THREEPORT_WORKER_PROCESSES", help="Worker processes."),
-    worker_threads: int = typer.Option(8, envvar="THREEPORT_WORKER_THREADS", help="Threads per worker process."),
+    postgres_port: int = typer.Option(
+        DEFAULT_POSTGRES_PORT, envvar="THREEPORT_POSTGRES_PORT", min=1, max=65535, help="Embedded PostgreSQL port."
+    ),
+    api_port: int = typer.Option(DEFAULT_API_PORT, envvar="THREEPORT_API_PORT", min=1, max=65535, help="API port."),
+    worker_processes: int = typer.Option(1, envvar="THREEPORT_WORKER_PROCESSES", min=1, help="Worker processes."),
+    worker_threads: int = typer.Option(8, envvar="THREEPORT_WORKER_THREADS", min=1, help="Threads per worker process."),
 ) -> None:
     """Start the control plane locally and run until Ctrl-C."""
     configure_logging()  # the API and worker processes it starts set up their own

@@ -32,8 +32,8 @@ from workers.replicas import ENV_VAR as REPLICAS_ENV
 
 
 def run(
-    processes: int = typer.Option(1, envvar="THREEPORT_WORKER_PROCESSES", help="Worker processes."),
-    threads: int = typer.Option(8, envvar="THREEPORT_WORKER_THREADS", help="Threads per process."),
+    processes: int = typer.Option(1, envvar="THREEPORT_WORKER_PROCESSES", min=1, help="Worker processes."),
+    threads: int = typer.Option(8, envvar="THREEPORT_WORKER_THREADS", min=1, help="Threads per process."),
     queues: Optional[list[str]] = typer.Option(None, "--queues", "-Q", help="Queues to consume (default: all)."),
     database_url: str = typer.Option(
         "postgresql://postgres@127.0.0.1:5432/threeport", envvar="DATABASE_URL", help="The database."
@@ -52,11 +52,14 @@ def run(
         None,
         "--metrics-port",
         envvar="THREEPORT_METRICS_PORT",
+        min=1,
+        max=65535,
         help="Serve Prometheus /metrics and the /healthz and /readyz probes on this port.",
     ),
     heartbeat_interval: float = typer.Option(
         5.0,
         envvar="THREEPORT_HEARTBEAT_INTERVAL",
+        min=0.5,
         help="Seconds between heartbeats; a killed worker's entry expires after three.",
     ),
     extension: Optional[list[str]] = typer.Option(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +206,38 @@ def test_a_malformed_file_is_one_line_error(cli, config_file):
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: the client config {config_file} is malformed")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def run_threeport(*args: str, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":
+    """``python -m cli.main`` as a user runs it (its entry point, not the test runner's)."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True
+    )
+
+
+def test_an_error_no_command_foresaw_is_one_line_and_exit_1_not_a_traceback(tmp_path):
+    # Given a client config that is not text
+    broken = tmp_path / "config.yaml"
+    broken.write_bytes(b"\x9b\xff\x00garbage")
+
+    # When a command reads it, then it fails with one line naming the error, and no traceback
+    result = run_threeport("config", "list", env={"THREEPORT_CONFIG": str(broken)})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: UnicodeDecodeError: ")
+    assert "THREEPORT_DEBUG=1 shows where" in result.stderr
+
+    # And with THREEPORT_DEBUG set, the traceback is shown
+    debug = run_threeport("config", "list", env={"THREEPORT_CONFIG": str(broken), "THREEPORT_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("worker", "--processes", "0"), ("worker", "--metrics-port", "99999"), ("api", "--port", "99999")],
+)
+def test_counts_and_ports_out_of_range_are_usage_errors(args):
+    result = run_threeport(*args, env={})
+    assert result.returncode == 2
+    assert "Invalid value" in result.stderr and "Traceback" not in result.stderr
