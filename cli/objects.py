@@ -45,6 +45,15 @@ MESSAGE_WIDTH = 60
 HIDDEN_RECORD_FIELDS = {"id", "created_at"}
 
 _VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Show each API request on stderr.")
+
+
+def _seconds(value: float) -> float:
+    """A --timeout: a finite number of seconds, not negative (NaN compares false with every bound)."""
+    if not 0 <= value < float("inf"):
+        raise typer.BadParameter(f"must be a number of seconds from 0 up, not {value}")
+    return value
+
+
 _FILES_HELP = "A manifest file (YAML or JSON; '-' reads stdin). Repeat for several."
 
 
@@ -160,7 +169,7 @@ def delete(
     name: Optional[str] = typer.Argument(None, help="The object's name."),
     files: list[str] = typer.Option([], "--filename", "-f", help=_FILES_HELP),
     wait_: bool = typer.Option(False, "--wait", help="Wait until each object is gone before the next."),
-    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds --wait waits in all."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", callback=_seconds, help="Seconds --wait waits in all."),
     verbose: bool = _VERBOSE_OPTION,
 ) -> None:
     """Delete objects: those of manifest files (referencing ones first), or one by kind and name."""
@@ -193,7 +202,7 @@ def wait(
     kind: str = typer.Argument(..., help="The kind."),
     name: str = typer.Argument(..., help="The object's name."),
     condition: Condition = typer.Option(..., "--for", help="Wait until the object is reconciled, or deleted."),
-    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Seconds to wait at most."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", callback=_seconds, help="Seconds to wait at most."),
     verbose: bool = _VERBOSE_OPTION,
 ) -> None:
     """Wait until an object is reconciled (its latest generation) or deleted; exit 1 on failure or timeout."""
@@ -215,7 +224,7 @@ def events(
     ctx: typer.Context,
     kind: Optional[str] = typer.Argument(None, help="The kind of the object (all objects when omitted)."),
     name: Optional[str] = typer.Argument(None, help="The object's name."),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, help="The latest this many (all objects)."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=100_000, help="The latest this many (all objects)."),
     output: Output = typer.Option(Output.table, "--output", "-o", help="A table, or JSON or YAML for scripts."),
     verbose: bool = _VERBOSE_OPTION,
 ) -> None:

@@ -241,3 +241,19 @@ def test_counts_and_ports_out_of_range_are_usage_errors(args):
     result = run_threeport(*args, env={})
     assert result.returncode == 2
     assert "Invalid value" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("wait", "WorkloadInstance", "web", "--timeout", "nan"),
+        ("wait", "WorkloadInstance", "web", "--timeout", "-1"),
+        ("delete", "WorkloadInstance", "web", "--wait", "--timeout", "inf"),
+        ("events", "-n", "99999999999999999999999"),
+    ],
+)
+def test_a_timeout_or_count_no_wait_could_honour_is_a_usage_error(args):
+    # (a NaN timeout used to wait for ever; a 23-digit count was a ValueError from islice)
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
