@@ -100,6 +100,8 @@ def read_documents(paths: Sequence[str], *, stdin: Optional[TextIO] = None) -> l
 
 def _documents(text: str, *, label: str, base_dir: Path) -> list[Document]:
     loaded = _parse(text, label=label)
+    if not loaded:  # an empty file applied nothing and said nothing, as if it had worked
+        raise ManifestError(f"{label}: no documents")
     documents = []
     for index, body in enumerate(loaded, start=1):
         source = f"{label}, document {index}"

@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 
 from cli.config import ClientConfig, ConfigError, ControlPlane, current_control_plane, load
 from cli.main import app
+from cli.manifests import ManifestError, read_documents
 
 TOKEN = "tok-0123456789abcdef"
 
@@ -257,3 +258,12 @@ def test_a_timeout_or_count_no_wait_could_honour_is_a_usage_error(args):
     result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 2, result.output
     assert "Invalid value" in result.output
+
+
+@pytest.mark.parametrize("text", ["", "---\n---\n", "# only a comment\n"])
+def test_a_manifest_with_no_documents_is_an_error_naming_it(tmp_path, text):
+    # (an empty file used to apply nothing, say nothing and exit 0)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    with pytest.raises(ManifestError, match=f"{empty}: no documents"):
+        read_documents([str(empty)])
