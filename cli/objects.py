@@ -46,15 +46,14 @@ HIDDEN_RECORD_FIELDS = {"id", "created_at"}
 
 _VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Show each API request on stderr.")
 
+_FILES_HELP = "A manifest file (YAML or JSON; '-' reads stdin). Repeat for several."
+
 
 def _seconds(value: float) -> float:
     """A --timeout: a finite number of seconds, not negative (NaN compares false with every bound)."""
     if not 0 <= value < float("inf"):
         raise typer.BadParameter(f"must be a number of seconds from 0 up, not {value}")
     return value
-
-
-_FILES_HELP = "A manifest file (YAML or JSON; '-' reads stdin). Repeat for several."
 
 
 class Output(str, Enum):

@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import jsonschema
 import peewee
@@ -51,7 +51,7 @@ from .base import LIFECYCLE_FIELDS, ReconciledModel, RecordModel, UTCDateTimeFie
 from .errors import Conflict, InvalidObject, NotFound, PreconditionFailed, StoreError
 from .events import Event
 from .extensions import ExtensionApiRoute, check_domain
-from .json_schemas import Validator, unsupported_patterns
+from .json_schemas import Validator, keywords, unsupported_patterns
 from .outbox import Outbox
 from .schema import JSONDocument, fields_of
 from .store import create_record
@@ -236,8 +236,8 @@ def register_extension(fields: dict[str, Any]) -> Extension:
     domain, version = fields.get("domain"), fields.get("version")
     taken = None
     if isinstance(domain, str) and isinstance(version, str):  # otherwise create_record says what is wrong
-        taken = Extension.select(Extension.id).where((Extension.domain == domain) & (Extension.version == version))
-        taken = taken.first()
+        same = (Extension.domain == domain) & (Extension.version == version)
+        taken = Extension.select(Extension.id).where(same).first()
     if taken is not None:
         raise Conflict(f"{domain}/{version} is registered already (Extension {taken.id}): replace it with a PUT")
     extension = create_record(Extension, fields)
@@ -478,7 +478,7 @@ def _check_registrable(kind: str, schema: dict[str, Any]) -> None:
     problem = next(unsupported_patterns(schema), None)
     if problem is not None:
         raise InvalidObject(f"kind {kind!r}: {problem}")
-    ref = next(_references(schema), None)
+    ref = next((v for k, v in keywords(schema) if k in ("$ref", "$dynamicRef") and isinstance(v, str)), None)
     if ref is not None:
         raise InvalidObject(f"kind {kind!r}: $ref {ref!r}: references are not followed; write the schema in place")
     for name, property_schema in properties.items():
@@ -489,21 +489,6 @@ def _check_registrable(kind: str, schema: dict[str, Any]) -> None:
             default = property_schema["default"]
             if property_schema.get("type") == "integer" and not -(2**63) <= default < 2**63:
                 raise InvalidObject(f"kind {kind!r}: the default of property {name!r} does not fit in 64 bits")
-
-
-def _references(schema: Any) -> Iterator[str]:
-    """Every ``$ref`` and ``$dynamicRef`` in ``schema``."""
-    pending = [schema]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
-                    yield value
-                else:
-                    pending.append(value)
-        elif isinstance(item, list):
-            pending.extend(item)
 
 
 def default_plural(kind: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import jsonschema
 import re2
 
-__all__ = ["Validator", "unsupported_patterns"]
+__all__ = ["Validator", "keywords", "unsupported_patterns"]
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # a refused pattern is said in the 422, not on stderr
@@ -37,8 +37,8 @@ def _pattern(validator, pattern: str, instance: Any, schema: dict[str, Any]) -> 
 Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
 
 
-def unsupported_patterns(schema: Any) -> Iterator[str]:
-    """What in ``schema`` :data:`Validator` cannot check in linear time, said for a 422."""
+def keywords(schema: Any) -> Iterator[tuple[str, Any]]:
+    """Every key of every object in ``schema``, at any depth, with its value."""
     pending = [schema]
     while pending:
         item = pending.pop()
@@ -46,13 +46,18 @@ def unsupported_patterns(schema: Any) -> Iterator[str]:
             pending.extend(item)
         elif isinstance(item, dict):
             for key, value in item.items():
-                if key == "pattern" and isinstance(value, str):
-                    try:
-                        _compiled(value)
-                    except re2.error as exc:
-                        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-                        yield f"pattern {value!r} cannot run in linear time ({reason})"
-                elif key == "patternProperties":
-                    yield "patternProperties is not supported (use propertyNames with a pattern)"
-                else:
-                    pending.append(value)
+                yield key, value
+                pending.append(value)
+
+
+def unsupported_patterns(schema: Any) -> Iterator[str]:
+    """What in ``schema`` :data:`Validator` cannot check in linear time, said for a 422."""
+    for key, value in keywords(schema):
+        if key == "pattern" and isinstance(value, str):
+            try:
+                _compiled(value)
+            except re2.error as exc:
+                reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+                yield f"pattern {value!r} cannot run in linear time ({reason})"
+        elif key == "patternProperties":
+            yield "patternProperties is not supported (use propertyNames with a pattern)"
