@@ -20,9 +20,8 @@ from dramatiq.errors import BrokerError
 
 from workers.admin import QueueAdmin
 from workers.dead_letters import DeadLetter
-from workers.errors import InvalidName, WorkersError
+from workers.errors import InvalidName, UnknownQueue, WorkersError
 from workers.heartbeats import live_workers
-from workers.naming import validate_queue_name
 
 __all__ = ["Queues", "DeadLetters", "DeadLetterRetry", "Workers", "dead_letter_json", "MAX_DEAD_LETTERS"]
 
@@ -66,12 +65,11 @@ class _AdminResource:
     def _existing(self, queue: str) -> str:
         """``queue``, once it is known to be a queue of the deployment (422 for a bad name, 404 for none)."""
         try:
-            validate_queue_name(queue)
+            return self.admin.existing(queue)
         except InvalidName as exc:
             raise falcon.HTTPUnprocessableEntity(title="Invalid Queue", description=str(exc)) from None
-        if queue not in self.admin.queue_names():
-            raise falcon.HTTPNotFound(title="Not Found", description=f"no queue named {queue!r}")
-        return queue
+        except UnknownQueue as exc:
+            raise falcon.HTTPNotFound(title="Not Found", description=str(exc)) from None
 
 
 @contextmanager

@@ -3,8 +3,9 @@
 Every verb is a thin view over :class:`workers.admin.QueueAdmin`, whose broker
 is built only when a verb first needs it (so ``--help`` and usage errors never
 touch the network) and closed when the command ends. Failures an operator can
-fix, NATS unreachable, JetStream refusing or a bad queue name, become one ``error:`` line on
-stderr and exit code 1; results print as a table, or with ``-o json`` as JSON.
+fix, NATS unreachable, JetStream refusing, or a queue name that is invalid or
+names no queue, become one ``error:`` line on stderr and exit code 1; results
+print as a table, or with ``-o json`` as JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from workers.admin import QueueAdmin, RetryReport
 from workers.broker import JetStreamBroker, QueueStats
 from workers.dead_letters import DeadLetter
 from workers.errors import WorkersError
-from workers.naming import validate_queue_name
 from workers.replicas import DEFAULT_REPLICAS
 from workers.replicas import ENV_VAR as REPLICAS_ENV
 
@@ -142,8 +142,7 @@ def dead(
     """Show the dead letters of a queue: messages no worker could process."""
     session: Session = ctx.obj
     with _reported_errors():
-        validate_queue_name(queue)
-        letters = session.admin.dead_letters(queue, limit=limit + 1)
+        letters = session.admin.dead_letters(session.admin.existing(queue), limit=limit + 1)
     shown = letters[:limit]
     if session.wants_json:
         _print_json([letter.as_dict() for letter in shown])
@@ -172,8 +171,7 @@ def retry(
         ctx.fail("name the message ids to retry, or pass --all")
     session: Session = ctx.obj
     with _reported_errors():
-        validate_queue_name(queue)
-        report = session.admin.retry(queue, None if every else message_ids)
+        report = session.admin.retry(session.admin.existing(queue), None if every else message_ids)
     _show_retry(report, queue=queue, as_json=session.wants_json)
     if report.missing or report.failed:
         raise typer.Exit(1)
@@ -189,7 +187,7 @@ def purge(
     """Drop a queue's ready, delayed and in-flight messages (or, with --dead, its dead letters)."""
     session: Session = ctx.obj
     with _reported_errors():
-        validate_queue_name(queue)
+        session.admin.existing(queue)
         if not yes:
             (stats,) = session.admin.stats([queue])
             held = _purgeable(stats, dead=dead)

@@ -31,10 +31,23 @@ from workers.replicas import DEFAULT_REPLICAS
 from workers.replicas import ENV_VAR as REPLICAS_ENV
 
 
+def _known_queues(queues: Optional[list[str]]) -> Optional[list[str]]:
+    """``--queues``, once each is the queue of a kind the workers reconcile (a typo would consume nothing)."""
+    from models import registry
+
+    known = sorted({model.queue for model in registry.reconciled_kinds()})
+    for queue in queues or ():
+        if queue not in known:
+            raise typer.BadParameter(f"no kind is reconciled on queue {queue!r} (queues: {', '.join(known)})")
+    return queues
+
+
 def run(
     processes: int = typer.Option(1, envvar="THREEPORT_WORKER_PROCESSES", min=1, help="Worker processes."),
     threads: int = typer.Option(8, envvar="THREEPORT_WORKER_THREADS", min=1, help="Threads per process."),
-    queues: Optional[list[str]] = typer.Option(None, "--queues", "-Q", help="Queues to consume (default: all)."),
+    queues: Optional[list[str]] = typer.Option(
+        None, "--queues", "-Q", callback=_known_queues, help="Queues to consume (default: all)."
+    ),
     database_url: str = typer.Option(
         "postgresql://postgres@127.0.0.1:5432/threeport", envvar="DATABASE_URL", help="The database."
     ),

@@ -244,6 +244,13 @@ def test_counts_and_ports_out_of_range_are_usage_errors(args):
     assert "Invalid value" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_worker_queue_no_kind_uses_is_a_usage_error_naming_the_queues():
+    # (it used to create the stream and consume nothing, for ever)
+    result = CliRunner().invoke(app, ["worker", "--queues", "aws", "--queues", "workload"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "no kind is reconciled on queue 'workload' (queues: aws, gateways, kubernetes, workloads)" in result.output
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -230,3 +230,23 @@ def test_invalid_queue_name_is_one_line_and_exit_code_1(cli):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: invalid queue name 'no spaces'")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["dead", "ordrs"], ["retry", "ordrs", "--all"], ["purge", "ordrs", "--yes"]],
+    ids=["dead", "retry", "purge"],
+)
+def test_a_queue_that_does_not_exist_is_an_error_naming_the_queues_there(broker, cli, prefix, args):
+    # Given one queue, with a message in it
+    send("orders", 1)
+
+    # When I name a queue with a typo
+    result = cli(*args)
+
+    # Then I am told there is no such queue and which there are, instead of "0 dead letters" or "dropped 0"
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: no queue named 'ordrs' under prefix '{prefix}' (queues: orders)"
+    ]
+    assert result.stdout == ""

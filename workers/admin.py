@@ -14,7 +14,8 @@ import nats.js.errors
 
 from .broker import JetStreamBroker, QueueStats
 from .dead_letters import DeadLetter, purge, read, replay
-from .errors import JetStreamError
+from .errors import JetStreamError, UnknownQueue
+from .naming import validate_queue_name
 
 __all__ = ["QueueAdmin", "RetryReport"]
 
@@ -55,6 +56,15 @@ class QueueAdmin:
                     return sorted(found)
 
         return self.broker.connection.run(list_queues, doing="list queues")
+
+    def existing(self, queue: str) -> str:
+        """``queue``, once it is a valid name with a stream under the prefix (``InvalidName``, ``UnknownQueue``)."""
+        validate_queue_name(queue)
+        known = self.queue_names()
+        if queue not in known:
+            listed = ", ".join(known) if known else "none"
+            raise UnknownQueue(f"no queue named {queue!r} under prefix {self.names.prefix!r} (queues: {listed})")
+        return queue
 
     def stats(self, queues: Optional[Sequence[str]] = None) -> list[QueueStats]:
         return [self.broker.queue_stats(q) for q in (queues or self.queue_names())]

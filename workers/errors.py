@@ -24,6 +24,10 @@ class InvalidName(WorkersError, ValueError):
     """Raised when a queue name, prefix or lock key cannot be mapped onto NATS names."""
 
 
+class UnknownQueue(WorkersError, LookupError):
+    """Raised when an operator names a queue that has no stream under the deployment's prefix."""
+
+
 class LockError(WorkersError):
     """Raised when a lock operation fails for a reason other than contention."""
 
