@@ -151,9 +151,7 @@ def plan(documents: Iterable[Document], catalog: Catalog) -> list[Manifest]:
 
 def _manifests_of(document: Document, catalog: Catalog) -> list[Manifest]:
     body = dict(document.body)
-    kind_name = body.pop("kind", None)
-    if not isinstance(kind_name, str) or not kind_name:
-        raise ManifestError(f"{document.source}: no 'kind'")
+    kind_name = _text(body.pop("kind", None), "kind", where=document.source)
     if kind_name.lower() == WORKLOAD.lower() and catalog.get(kind_name) is None:
         return _expand_workload(document, catalog)
     try:
@@ -169,8 +167,7 @@ def _manifest(kind: Kind, body: dict[str, Any], *, source: str, label: Optional[
     where = f"{source} ({label or f'{kind.kind}/{name}'})"
     if not kind.reconciled:
         raise ManifestError(f"{where}: {kind.kind} objects are written by the control plane, not applied")
-    if not isinstance(name, str) or not name.strip():
-        raise ManifestError(f"{where}: no 'name'")
+    name = _text(name, "name", where=where)
     fields: dict[str, Any] = {}
     references: dict[str, str] = {}
     aliases = kind.aliases
@@ -196,6 +193,17 @@ def _manifest(kind: Kind, body: dict[str, Any], *, source: str, label: Optional[
             given_as = f" (or {f.alias!r}: a name)" if f.alias else ""
             raise ManifestError(f"{where}: missing field {f.name!r}{given_as}")
     return Manifest(kind=kind, name=name, fields=fields, references=references, source=where)
+
+
+def _text(value: Any, key: str, *, where: str) -> str:
+    """``value`` of ``key``, which must be a non-blank string (a YAML ``5`` or ``yes`` is not a name)."""
+    if value is None:
+        raise ManifestError(f"{where}: no {key!r}")
+    if not isinstance(value, str):
+        raise ManifestError(f"{where}: {key!r} must be a string, not {type(value).__name__} ({value!r})")
+    if not value.strip():
+        raise ManifestError(f"{where}: {key!r} must not be empty")
+    return value
 
 
 def _did_you_mean(key: str, kind: Kind) -> str:
@@ -232,8 +240,7 @@ def _expand_workload(document: Document, catalog: Catalog) -> list[Manifest]:
         raise ManifestError(
             f"{where}: unknown key {unknown[0]!r} in a Workload (known: {', '.join(WORKLOAD_KEYS[1:])})"
         )
-    if not isinstance(name, str) or not name.strip():
-        raise ManifestError(f"{where}: no 'name'")
+    name = _text(name, "name", where=where)
     definition_kind, instance_kind = _kind(catalog, "WorkloadDefinition"), _kind(catalog, "WorkloadInstance")
     instance = {"name": name, _alias_of(instance_kind, definition_kind): name}
     if body.get("kubernetes_runtime_instance") is not None:

@@ -477,6 +477,28 @@ def test_get_follows_pagination_and_filters_by_field(cli, tmp_path, monkeypatch)
     assert cli("get", "WorkloadInstance", "--field", "workload_definition=app-1", "-o", "json").stdout.strip() == "[]"
 
 
+def test_get_of_a_name_that_is_not_there_is_an_error_as_describe_is(cli, tmp_path):
+    # Given one definition, and a stack with an instance of another
+    ok(cli("apply", "-f", manifest(tmp_path, definition_manifest("app"))))
+    ok(cli("apply", "-f", manifest(tmp_path, STACK, "stack.yaml")))
+
+    # When I get it by name, then it is shown
+    assert ok(cli("get", "WorkloadDefinition", "app"))[1].startswith("app")
+
+    # When I get a name that is not there, in any output, then one line says so and the exit code is 1
+    for output in ("table", "json"):
+        result = cli("get", "WorkloadDefinition", "ap", "-o", output)
+        assert (result.exit_code, result.stdout) == (1, ""), result.output
+        assert result.stderr.strip().splitlines() == ["error: no WorkloadDefinition named 'ap'"]
+
+    # And a name a --field rules out says which
+    result = cli("get", "WorkloadInstance", "web", "--field", "workload_definition=app")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: no WorkloadInstance named 'web' where workload_definition=app"
+    ]
+
+
 def test_events_of_one_object_and_the_latest_of_all(cli, tmp_path):
     # Given two definitions, each with something that happened to it
     ok(cli("apply", "-f", manifest(tmp_path, STACK)))
@@ -527,3 +549,36 @@ def test_documents_that_reference_each_other_in_a_cycle_are_refused():
     # When they are planned, then the error names both documents
     with pytest.raises(ManifestError, match=r"cycle: f.yaml, document 1 \(Left/a\); f.yaml, document 2 \(Right/b\)"):
         plan(documents, catalog)
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ({"name": "a"}, "f.yaml, document 1: no 'kind'"),
+        ({"kind": 5, "name": "a"}, "f.yaml, document 1: 'kind' must be a string, not int (5)"),
+        ({"kind": " ", "name": "a"}, "f.yaml, document 1: 'kind' must not be empty"),
+        ({"kind": "Left"}, "f.yaml, document 1 (Left/None): no 'name'"),
+        ({"kind": "Left", "name": 123}, "f.yaml, document 1 (Left/123): 'name' must be a string, not int (123)"),
+        ({"kind": "Left", "name": True}, "f.yaml, document 1 (Left/True): 'name' must be a string, not bool (True)"),
+        ({"kind": "Left", "name": ""}, "f.yaml, document 1 (Left/): 'name' must not be empty"),
+        ({"kind": "Workload", "name": 7}, "f.yaml, document 1 (Workload/7): 'name' must be a string, not int (7)"),
+    ],
+    ids=["no-kind", "kind-int", "kind-blank", "no-name", "name-int", "name-yes", "name-empty", "workload-name-int"],
+)
+def test_a_kind_or_name_that_is_not_text_says_what_it_is(document, error):
+    # Given a document whose kind or name YAML read as a number, a boolean or nothing
+    field = Field(name="name", writable=True, required=True, secret=False, references=None)
+    left = Kind(
+        kind="Left",
+        plural="lefts",
+        path="/v0/lefts",
+        summary="",
+        reconciled=True,
+        writable=True,
+        fields={"name": field},
+    )
+
+    # When it is planned, then the error says what is wrong with it (not that it is missing)
+    with pytest.raises(ManifestError) as raised:
+        plan([Document(document, "f.yaml, document 1", Path("."))], Catalog([left]))
+    assert str(raised.value) == error
