@@ -12,11 +12,13 @@ registers its local control plane in it.
 from __future__ import annotations
 
 import os
+import ssl
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
+from urllib.parse import urlsplit
 
 import typer
 import yaml
@@ -115,11 +117,43 @@ def load(path: Path) -> ClientConfig:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read the client config {path}: {exc}") from exc
     try:
-        planes = [ControlPlane(**entry) for entry in data.get("control_planes") or []]
-        config = ClientConfig({p.name: p for p in planes}, data.get("current"))
-    except (AttributeError, TypeError) as exc:
+        return _config_of(data)
+    except ValueError as exc:
         raise ConfigError(f"the client config {path} is malformed: {exc}") from None
-    return config
+
+
+def _config_of(data: Any) -> ClientConfig:
+    """The config a YAML document describes; ValueError saying where it does not fit."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a mapping with 'current' and 'control_planes', not {type(data).__name__}")
+    entries = data.get("control_planes") or []
+    if not isinstance(entries, list):
+        raise ValueError(f"'control_planes' must be a list, not {type(entries).__name__}")
+    planes: dict[str, ControlPlane] = {}
+    for n, entry in enumerate(entries):
+        plane = _plane_of(entry, where=f"control_planes[{n}]")
+        if plane.name in planes:
+            raise ValueError(f"control_planes[{n}]: a second control plane named {plane.name!r}")
+        planes[plane.name] = plane
+    current = data.get("current")
+    if current is not None and not isinstance(current, str):
+        raise ValueError(f"'current' must be a control plane's name, not {type(current).__name__}")
+    return ClientConfig(planes, current)
+
+
+def _plane_of(entry: Any, *, where: str) -> ControlPlane:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a mapping of name, api_url, token and ca_cert, not {type(entry).__name__}")
+    known = {f.name for f in fields(ControlPlane)}
+    unknown = sorted(str(key) for key in entry if key not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    for key in ("name", "api_url", "token"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise ValueError(f"{where}: {key!r} must be a non-empty string")
+    if entry.get("ca_cert") is not None and not isinstance(entry["ca_cert"], str):
+        raise ValueError(f"{where}: 'ca_cert' must be a file's path")
+    return ControlPlane(**entry)
 
 
 def save(config: ClientConfig, path: Path) -> None:
@@ -173,10 +207,7 @@ def add(
 ) -> None:
     """Add a control plane (or replace the one with this name)."""
     with reported_errors():
-        if not api_url.startswith(("http://", "https://")):
-            raise ConfigError(f"--api-url must be an http:// or https:// URL, not {api_url!r}")
-        if ca_cert is not None and not ca_cert.is_file():
-            raise ConfigError(f"--ca-cert {ca_cert}: no such file")
+        _check_new_plane(name, api_url, token, ca_cert)
         with _editing() as config:
             replacing = name in config.control_planes
             cert = str(ca_cert.resolve()) if ca_cert else None
@@ -238,6 +269,25 @@ def show(
 
 
 # Helpers -------------------------------------------------------------------------------
+def _check_new_plane(name: str, api_url: str, token: str, ca_cert: Optional[Path]) -> None:
+    """What ``config add`` is given, checked before anything is written (ConfigError naming the option)."""
+    if not name.strip():
+        raise ConfigError("the control plane's name must not be empty")
+    url = urlsplit(api_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"--api-url must be an http:// or https:// URL with a host, not {api_url!r}")
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError("--token must be a non-empty token without spaces or control characters")
+    if ca_cert is not None:
+        if not ca_cert.is_file():
+            raise ConfigError(f"--ca-cert {ca_cert}: no such file")
+        try:
+            ssl.create_default_context(cafile=str(ca_cert))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc  # OpenSSL's name for it, without its source line
+            raise ConfigError(f"--ca-cert {ca_cert}: not a PEM CA certificate ({reason})") from None
+
+
 @contextmanager
 def _editing() -> Iterator[ClientConfig]:
     """The config, saved back when the block succeeds."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import certifi
 import pytest
 import yaml
 from typer.testing import CliRunner, Result
@@ -164,12 +165,44 @@ def test_without_a_control_plane_client_verbs_say_how_to_get_one(cli, config_fil
         (["config", "show", "nope"], "error: no control plane named 'nope' (configured: prod)"),
         (
             ["config", "add", "x", "--api-url", "tp.example.com", "--token", "t"],
-            "error: --api-url must be an http:// or https:// URL, not 'tp.example.com'",
+            "error: --api-url must be an http:// or https:// URL with a host, not 'tp.example.com'",
         ),
         (
             ["config", "add", "x", "--api-url", "https://x", "--token", "t", "--ca-cert", "/no/such.pem"],
             "error: --ca-cert /no/such.pem: no such file",
         ),
+        (
+            ["config", "add", "x", "--api-url", "https://x", "--token", "t", "--ca-cert", __file__],
+            f"error: --ca-cert {__file__}: not a PEM CA certificate (NO_CERTIFICATE_OR_CRL_FOUND)",
+        ),
+        (
+            ["config", "add", " ", "--api-url", "https://x", "--token", "t"],
+            "error: the control plane's name must not be empty",
+        ),
+        (
+            ["config", "add", "x", "--api-url", "https://", "--token", "t"],
+            "error: --api-url must be an http:// or https:// URL with a host, not 'https://'",
+        ),
+        (
+            ["config", "add", "x", "--api-url", "https://x", "--token", ""],
+            "error: --token must be a non-empty token without spaces or control characters",
+        ),
+        (
+            ["config", "add", "x", "--api-url", "https://x", "--token", "two\nlines"],
+            "error: --token must be a non-empty token without spaces or control characters",
+        ),
+    ],
+    ids=[
+        "use",
+        "remove",
+        "show",
+        "url-scheme",
+        "ca-missing",
+        "ca-not-pem",
+        "name-blank",
+        "url-no-host",
+        "token-empty",
+        "token-newline",
     ],
 )
 def test_mistakes_are_one_line_errors(cli, args, error):
@@ -184,7 +217,7 @@ def test_mistakes_are_one_line_errors(cli, args, error):
 
 def test_a_ca_certificate_is_kept_by_absolute_path(cli, config_file, tmp_path, monkeypatch):
     # Given a CA certificate named relative to where I am
-    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "ca.pem").write_text(Path(certifi.where()).read_text())
     monkeypatch.chdir(tmp_path)
 
     # When I add a control plane with it
@@ -197,16 +230,44 @@ def test_a_ca_certificate_is_kept_by_absolute_path(cli, config_file, tmp_path, m
     )
 
 
-def test_a_malformed_file_is_one_line_error(cli, config_file):
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "control_planes:\n  - {name: a, url: http://x}\n",
+            "control_planes[0]: unknown key 'url' (known: api_url, ca_cert, name, token)",
+        ),
+        ("- a\n- b\n", "expected a mapping with 'current' and 'control_planes', not list"),
+        ("control_planes: {a: 1}\n", "'control_planes' must be a list, not dict"),
+        (
+            "control_planes: [[1]]\n",
+            "control_planes[0]: expected a mapping of name, api_url, token and ca_cert, not list",
+        ),
+        (
+            "control_planes:\n  - {name: a, api_url: http://x, token: 5}\n",
+            "control_planes[0]: 'token' must be a non-empty string",
+        ),
+        (
+            "control_planes:\n  - {name: a, api_url: http://x, token: t, ca_cert: [1]}\n",
+            "control_planes[0]: 'ca_cert' must be a file's path",
+        ),
+        (
+            "control_planes:\n  - {name: a, api_url: http://x, token: t}\n  - {name: a, api_url: http://y, token: u}\n",
+            "control_planes[1]: a second control plane named 'a'",
+        ),
+        ("current: [a]\ncontrol_planes: []\n", "'current' must be a control plane's name, not list"),
+    ],
+    ids=["unknown-key", "list", "planes-mapping", "plane-list", "token-int", "ca-list", "twice", "current-list"],
+)
+def test_a_malformed_file_is_one_line_error_saying_where(cli, config_file, text, error):
     # Given a config file that is not what the client writes
     config_file.parent.mkdir(parents=True)
-    config_file.write_text("control_planes:\n  - {name: a, url: http://x}\n")
+    config_file.write_text(text)
 
-    # When I list the control planes, then one line names the file
+    # When I list the control planes, then one line names the file and what in it is wrong
     result = cli("config", "list")
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"error: the client config {config_file} is malformed")
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.strip().splitlines() == [f"error: the client config {config_file} is malformed: {error}"]
 
 
 def run_threeport(*args: str, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":
