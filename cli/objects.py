@@ -116,7 +116,7 @@ def apply(
 def get(
     ctx: typer.Context,
     kind: str = typer.Argument(..., help="The kind, e.g. WorkloadInstance or workload-instances."),
-    name: Optional[str] = typer.Argument(None, help="Only the object with this name."),
+    name: Optional[str] = typer.Argument(None, help="Only the object with this name; an error if there is none."),
     fields: list[str] = typer.Option([], "--field", help="Only objects whose FIELD=VALUE (repeatable)."),
     output: Output = typer.Option(Output.table, "--output", "-o", help="A table, or JSON or YAML for scripts."),
     verbose: bool = _VERBOSE_OPTION,
@@ -130,6 +130,8 @@ def get(
         if name is not None:
             filters["name"] = name
         items = list(client.list_objects(found, **filters))
+        if name is not None and not items:  # as describe, and kubectl: naming what is not there is an error
+            raise ClientError(f"no {found.kind} named {name!r}" + (f" where {', '.join(fields)}" if fields else ""))
         if output is not Output.table:
             _print_data(items, output)
         elif not items:
