@@ -164,3 +164,12 @@ def test_readyz_fails_while_the_consumers_cannot_pull_and_healthz_holds(broker, 
         server.shutdown()
         server.server_close()
         worker.stop()
+
+
+def test_workers_of_a_prefix_nats_cannot_hold_is_one_line_saying_so(nats_server):
+    # When I list the workers under a prefix with a wildcard in it
+    result = CliRunner().invoke(app, ["workers", "--nats-url", nats_server.url, "--prefix", "x*"])
+
+    # Then one line says what a prefix may hold (it used to ask NATS for a bucket named 'x*_workers')
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["error: invalid prefix 'x*': use letters, digits, '_' and '-'"]

@@ -31,6 +31,7 @@ import nats.js.errors
 from nats.js import api
 
 from .connection import Connection
+from .naming import Names
 from .replicas import STREAM_NAME_IN_USE, raise_replicas
 
 __all__ = ["Heartbeats", "WorkerInfo", "live_workers", "worker_id", "bucket_name", "ProcessGroupProbes"]
@@ -44,8 +45,8 @@ READY_WITHIN = 10.0
 
 
 def bucket_name(prefix: str) -> str:
-    """The KV bucket of a deployment's heartbeats."""
-    return f"{prefix}_workers"
+    """The KV bucket of a deployment's heartbeats (``InvalidName`` for a prefix NATS cannot hold)."""
+    return f"{Names(prefix).prefix}_workers"
 
 
 def worker_id(pid: Optional[int] = None, host: Optional[str] = None) -> str:
