@@ -155,4 +155,6 @@ def _type_text(schema: dict[str, Any]) -> str:
         text += f" of {_type_text(schema['items'])}"
     if schema.get("enum"):
         text += ": " + " | ".join(json.dumps(value) for value in schema["enum"])
+    if "minimum" in schema and "maximum" in schema:
+        text += f" {schema['minimum']}–{schema['maximum']}"
     return text

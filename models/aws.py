@@ -19,6 +19,7 @@ from .base import ReconciledModel
 from .errors import InvalidObject
 from .kubernetes import KubernetesRuntimeDefinition, KubernetesRuntimeInstance
 from .registry import register
+from .schema import BoundedInteger
 from .secrets import EncryptedField
 from .workloads import WorkloadInstance
 
@@ -80,7 +81,7 @@ class AwsEksKubernetesRuntimeDefinition(ReconciledModel):
     kubernetes_runtime_definition = peewee.ForeignKeyField(
         KubernetesRuntimeDefinition, backref="+", null=True, help_text="The runtime definition this one builds."
     )
-    zone_count = peewee.IntegerField(default=2, help_text="Availability zones to spread the cluster over (2-6).")
+    zone_count = BoundedInteger(2, 6, default=2, help_text="Availability zones to spread the cluster over.")
     default_node_group_instance_type = peewee.TextField(default="t3.medium", help_text="EC2 instance type of nodes.")
     default_node_group_initial_size = peewee.IntegerField(default=2, help_text="Nodes at first.")
     default_node_group_minimum_size = peewee.IntegerField(default=1, help_text="Fewest nodes.")
@@ -91,8 +92,6 @@ class AwsEksKubernetesRuntimeDefinition(ReconciledModel):
 
     @classmethod
     def check(cls, values: dict[str, Any]) -> None:
-        if not 2 <= values.get("zone_count", 2) <= 6:
-            raise InvalidObject("field 'zone_count' must be between 2 and 6")
         low = values.get("default_node_group_minimum_size", 1)
         size = values.get("default_node_group_initial_size", 2)
         high = values.get("default_node_group_maximum_size", 4)
@@ -132,23 +131,14 @@ class AwsRelationalDatabaseDefinition(ReconciledModel):
     engine = peewee.TextField(choices=[(e, e) for e in DATABASE_ENGINES], help_text="The database engine.")
     engine_version = peewee.TextField(help_text="The engine version, e.g. '16.4'.")
     database_name = peewee.TextField(help_text="The database created in the instance.")
-    database_port = peewee.IntegerField(help_text="The port it listens on.")
+    database_port = BoundedInteger(1, 65535, help_text="The port it listens on.")
     machine_size = peewee.TextField(default="db.t3.micro", help_text="The RDS instance class.")
-    storage_gib = peewee.IntegerField(default=20, help_text="Allocated storage in GiB (20-65536).")
-    backup_days = peewee.IntegerField(default=0, help_text="Days of automated backups to keep (0-35).")
+    storage_gib = BoundedInteger(20, 65536, default=20, help_text="Allocated storage in GiB.")
+    backup_days = BoundedInteger(0, 35, default=0, help_text="Days of automated backups to keep.")
     workload_secret_name = peewee.TextField(help_text="The Kubernetes Secret the workload reads its connection from.")
 
     class Meta:
         table_name = "aws_relational_database_definitions"
-
-    @classmethod
-    def check(cls, values: dict[str, Any]) -> None:
-        if not 1 <= values.get("database_port", 1) <= 65535:
-            raise InvalidObject("field 'database_port' must be between 1 and 65535")
-        if not 20 <= values.get("storage_gib", 20) <= 65536:
-            raise InvalidObject("field 'storage_gib' must be between 20 and 65536")
-        if not 0 <= values.get("backup_days", 0) <= 35:
-            raise InvalidObject("field 'backup_days' must be between 0 and 35")
 
 
 @register

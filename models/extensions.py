@@ -23,6 +23,7 @@ import peewee
 from .base import RecordModel
 from .errors import Conflict, InvalidObject, NotFound
 from .registry import by_plural, register
+from .schema import BoundedInteger
 from .transactions import transactional
 
 __all__ = ["ExtensionApiRoute", "changed_routes", "check_domain", "CORE_SEGMENTS", "MAX_TIMEOUT_SECONDS"]
@@ -48,8 +49,11 @@ class ExtensionApiRoute(RecordModel):
     extension = peewee.TextField(help_text="The extension's domain, e.g. 'acmecorp.com'.")
     prefix = peewee.TextField(help_text="The path prefix proxied, under the domain, e.g. '/acmecorp.com/v1/'.")
     upstream = peewee.TextField(help_text="The base URL of the extension's API server (http or https, host, port).")
-    timeout_seconds = peewee.IntegerField(
-        default=30, help_text="Longest wait to connect to the API server and for each part of its answer."
+    timeout_seconds = BoundedInteger(
+        1,
+        MAX_TIMEOUT_SECONDS,
+        default=30,
+        help_text="Longest wait to connect to the API server and for each part of its answer.",
     )
 
     class Meta:
@@ -62,9 +66,6 @@ class ExtensionApiRoute(RecordModel):
         check_domain(extension)
         _check_prefix(prefix)
         _check_upstream(values["upstream"])
-        timeout = values.get("timeout_seconds", 30)
-        if not 1 <= timeout <= MAX_TIMEOUT_SECONDS:
-            raise InvalidObject(f"field 'timeout_seconds' must be between 1 and {MAX_TIMEOUT_SECONDS}")
         _must_not_clash(extension, prefix)
         if not prefix.startswith(f"/{extension}/"):
             raise InvalidObject(f"field 'prefix' must start with '/{extension}/', the extension's domain")

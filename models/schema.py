@@ -22,7 +22,7 @@ from playhouse.postgres_ext import BinaryJSONField
 
 from .base import KindModel
 
-__all__ = ["FieldInfo", "JSONDocument", "fields_of", "python_types", "MAX_NAME_LENGTH"]
+__all__ = ["BoundedInteger", "FieldInfo", "JSONDocument", "fields_of", "python_types", "MAX_NAME_LENGTH"]
 
 #: Longest ``name`` accepted (as Kubernetes object names).
 MAX_NAME_LENGTH = 253
@@ -46,6 +46,14 @@ class JSONDocument(BinaryJSONField):
     def __init__(self, schema: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.schema = schema or {"type": "object"}
+
+
+class BoundedInteger(peewee.IntegerField):
+    """An integer the kind holds to ``minimum``..``maximum`` (inclusive): checked on write, shown in OpenAPI."""
+
+    def __init__(self, minimum: int, maximum: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.minimum, self.maximum = minimum, maximum
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ def _info(model: type[KindModel], field: peewee.Field, writable: frozenset[str])
         schema.update(minLength=1, maxLength=MAX_NAME_LENGTH)
     if field.choices:
         schema["enum"] = [value for value, _ in field.choices]
+    if isinstance(field, BoundedInteger):
+        schema.update(minimum=field.minimum, maximum=field.maximum)
     secret = getattr(field, "secret", False)
     has_default = field.default is not None
     if has_default and not callable(field.default):

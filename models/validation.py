@@ -23,7 +23,7 @@ from playhouse.postgres_ext import JSONField
 from .base import KindModel
 from .errors import InvalidObject
 from .json_schemas import Validator
-from .schema import MAX_NAME_LENGTH, FieldInfo, JSONDocument, fields_of, python_types
+from .schema import MAX_NAME_LENGTH, BoundedInteger, FieldInfo, JSONDocument, fields_of, python_types
 
 __all__ = ["checked_fields", "checked_status", "filter_value", "filterable", "MAX_NAME_LENGTH"]
 
@@ -118,9 +118,9 @@ def _checked_value(info: FieldInfo, value: Any) -> Any:
         names = " or ".join(t.__name__ for t in expected)
         raise InvalidObject(f"field {info.name!r} must be of type {names}, not {type(value).__name__}")
     if isinstance(value, int) and not isinstance(value, bool) and isinstance(field, peewee.IntegerField):
-        bits = 63 if isinstance(field, peewee.BigIntegerField) else 31
-        if not -(2**bits) <= value < 2**bits:
-            raise InvalidObject(f"field {info.name!r} must be between {-(2**bits)} and {2**bits - 1}, not {value}")
+        low, high = _integer_range(field)
+        if not low <= value <= high:
+            raise InvalidObject(f"field {info.name!r} must be between {low} and {high}, not {value}")
     if field.choices and value not in [choice for choice, _ in field.choices]:
         allowed = ", ".join(repr(choice) for choice, _ in field.choices)
         raise InvalidObject(f"field {info.name!r} must be one of {allowed}, not {value!r}")
@@ -132,6 +132,14 @@ def _checked_value(info: FieldInfo, value: Any) -> Any:
     if field.name == "name":
         _check_name(value)
     return value
+
+
+def _integer_range(field: peewee.IntegerField) -> tuple[int, int]:
+    """The values ``field`` takes: its kind's bounds, else its column's (32 or 64 bits)."""
+    if isinstance(field, BoundedInteger):
+        return field.minimum, field.maximum
+    bits = 63 if isinstance(field, peewee.BigIntegerField) else 31
+    return -(2**bits), 2**bits - 1
 
 
 def _check_document(info: FieldInfo, value: Any) -> None:

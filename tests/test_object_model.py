@@ -429,3 +429,22 @@ def test_put_replaces_an_object_with_references_by_their_api_names(client, world
     assert (replaced.json["name"], replaced.json["kubernetes_runtime_instance_id"]) == ("replaced", None)
     partial = client.simulate_put(f"{path('WorkloadInstance')}/{instance['id']}", json={"name": "x"})
     assert partial.status_code == 422 and "workload_definition_id" in partial.json["detail"]
+
+
+def test_a_bounded_integer_says_its_own_range_whatever_the_value(client, world):
+    # Given a database definition (its port 1-65535, its storage 20-65536 GiB)
+    rds = world["AwsRelationalDatabaseDefinition"]
+    url = f"{path('AwsRelationalDatabaseDefinition')}/{rds['id']}"
+
+    # When a port beyond even the column's 32 bits is given, or storage under the floor
+    for field, value in (("database_port", 2**40), ("database_port", 0), ("storage_gib", 19)):
+        result = client.simulate_patch(url, json={field: value})
+
+        # Then the 422 names the field's own range, not the column's
+        low, high = {"database_port": (1, 65535), "storage_gib": (20, 65536)}[field]
+        assert result.status_code == 422, result.json
+        assert result.json["detail"] == f"field '{field}' must be between {low} and {high}, not {value}"
+
+    # And the bounds themselves are accepted
+    result = client.simulate_patch(url, json={"database_port": 65535, "storage_gib": 20})
+    assert result.status_code == 200, result.json

@@ -172,6 +172,14 @@ def test_every_kind_has_its_schemas_with_its_fields(document, model):
         assert f"{model.kind}Update" not in schemas
 
 
+def test_bounded_integers_document_their_range(document):
+    properties = document["components"]["schemas"]["AwsRelationalDatabaseDefinitionCreate"]["properties"]
+    assert (properties["database_port"]["minimum"], properties["database_port"]["maximum"]) == (1, 65535)
+    assert (properties["backup_days"]["minimum"], properties["backup_days"]["maximum"]) == (0, 35)
+    route = document["components"]["schemas"]["ExtensionApiRouteCreate"]["properties"]["timeout_seconds"]
+    assert (route["minimum"], route["maximum"]) == (1, 3600)
+
+
 @pytest.mark.parametrize("model", registry.kinds(), ids=lambda model: model.kind)
 def test_the_documented_filters_are_the_fields_the_api_filters_on(document, model):
     # Given the query parameters of the kind's list operation
@@ -259,6 +267,9 @@ def test_the_docs_page_names_every_kind_its_paths_and_fields(anonymous):
     runtime = page.split('<section id="kind-KubernetesRuntimeInstance">', 1)[1].split("</section>", 1)[0]
     secret_row = runtime.split("<code>certificate_key</code>", 1)[1].split("</tr>", 1)[0]
     assert "Write-only" in secret_row
+    # And a bounded integer shows its range
+    database = page.split('<section id="kind-AwsRelationalDatabaseDefinition">', 1)[1].split("</section>", 1)[0]
+    assert "integer 1–65535" in database.split("<code>database_port</code>", 1)[1].split("</tr>", 1)[0]
     # And the page is self-contained
     assert "<script" not in page and "src=" not in page and "http://" not in page and "https://" not in page
 
