@@ -150,17 +150,26 @@ class Kind:
 class Catalog:
     """The kinds of one API, found by any spelling a user may type.
 
-    An extension kind is found by its qualified name (``acmecorp.com/v1/FancyWorkload``),
-    its path, and its short name or plural while no other kind has them.
+    An extension kind is also found by its qualified name
+    (``acmecorp.com/v1/FancyWorkload``), its path, and its short name or
+    plural; a spelling several kinds share finds none of them. Last, a kind
+    is found by its initials (``wd`` for WorkloadDefinition, as kubectl's
+    short names) where they spell no kind's name and no other kind's initials.
     """
 
     def __init__(self, kinds: list[Kind]) -> None:
         self.kinds = kinds
         spellings: dict[str, list[Kind]] = {}
         for kind in kinds:
-            names = {kind.kind, kind.plural, kind.path.lstrip("/"), kind.kind.rsplit("/", 1)[-1]}
-            for key in {_key(name) for name in names}:
+            short = kind.kind.rsplit("/", 1)[-1]
+            for key in {_key(name) for name in (kind.kind, kind.plural, kind.path.lstrip("/"), short)}:
                 spellings.setdefault(key, []).append(kind)
+        abbreviations: dict[str, list[Kind]] = {}
+        for kind in kinds:
+            initials = _initials(kind.kind.rsplit("/", 1)[-1])
+            if initials and initials not in spellings:
+                abbreviations.setdefault(initials, []).append(kind)
+        spellings.update(abbreviations)
         self._by_key = {key: found[0] for key, found in spellings.items() if len(found) == 1}
         #: Spellings that name several kinds (the same short name in two extensions).
         self._ambiguous = {key: found for key, found in spellings.items() if len(found) > 1}
@@ -179,7 +188,7 @@ class Catalog:
             return kind
         if _key(name) in self._ambiguous:
             candidates = ", ".join(k.kind for k in self._ambiguous[_key(name)])
-            raise UnknownKind(f"{name!r} names several kinds ({candidates}): give the qualified one")
+            raise UnknownKind(f"{name!r} names several kinds ({candidates}): give one of them in full")
         close = difflib.get_close_matches(_key(name), list(self._by_key), n=6, cutoff=0.6)
         suggestions = list(dict.fromkeys(self._by_key[key].kind for key in close))
         if suggestions:
@@ -337,6 +346,12 @@ def _tls_context(ca_cert: Optional[str]) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=ca_cert)
     except (OSError, ssl.SSLError) as exc:
         raise ClientError(f"cannot use the CA certificate {ca_cert}: {exc}") from exc
+
+
+def _initials(kind: str) -> str:
+    """``wd`` for WorkloadDefinition, ``aekrd`` for AwsEksKubernetesRuntimeDefinition; "" for a one-word kind."""
+    words = re.findall(r"[A-Z][a-z0-9]*", kind)
+    return "".join(word[0] for word in words).lower() if len(words) > 1 else ""
 
 
 def _key(name: str) -> str:

@@ -27,6 +27,7 @@ from cli.manifests import Document, ManifestError, plan
 from models import record_event
 from tasks import api_client
 from tasks.actor import declare_actors
+from tasks.api_client import UnknownKind
 from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
@@ -443,6 +444,7 @@ def test_kinds_are_found_by_any_spelling_and_unknown_ones_get_suggestions(cli, t
         "workload-instances",
         "workloadinstance",
         "WORKLOAD_INSTANCE",
+        "wi",
     ):
         assert ok(cli("get", spelling))[1].startswith("web"), spelling
 
@@ -582,3 +584,28 @@ def test_a_kind_or_name_that_is_not_text_says_what_it_is(document, error):
     with pytest.raises(ManifestError) as raised:
         plan([Document(document, "f.yaml, document 1", Path("."))], Catalog([left]))
     assert str(raised.value) == error
+
+
+def test_a_kind_is_found_by_its_initials_where_they_name_nothing_else():
+    # Given core kinds, two of which share their initials, and an extension kind named like another's initials
+    def kind(name: str, plural: str) -> Kind:
+        return Kind(
+            kind=name, plural=plural, path=f"/v0/{plural}", summary="", reconciled=True, writable=True, fields={}
+        )
+
+    definition, gateway, group = (
+        kind("WorkloadDefinition", "workload-definitions"),
+        kind("GatewayDefinition", "gateway-definitions"),
+        kind("GroupDirectory", "group-directories"),
+    )
+    extension = kind("acme.com/v1/Wi", "wis")
+    instance = kind("WorkloadInstance", "workload-instances")
+    catalog = Catalog([definition, gateway, group, extension, instance])
+
+    # Then initials find their kind, in any case
+    assert catalog.lookup("wd") is catalog.lookup("WD") is definition
+    # And a kind's own name wins over another's initials
+    assert catalog.lookup("wi") is extension
+    # And initials two kinds share find neither, naming both
+    with pytest.raises(UnknownKind, match=r"'gd' names several kinds \(GatewayDefinition, GroupDirectory\)"):
+        catalog.lookup("gd")
