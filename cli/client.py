@@ -17,6 +17,7 @@ from tasks.api_client import (
     Field,
     Kind,
     UnknownKind,
+    token_problem,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PAGE_SIZE",
     "reported_errors",
+    "token_problem",
 ]
 
 

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .client import ClientError, reported_errors
+from .client import ClientError, reported_errors, token_problem
 
 __all__ = [
     "app",
@@ -157,8 +157,16 @@ def _plane_of(entry: Any, *, where: str) -> ControlPlane:
 
 
 def save(config: ClientConfig, path: Path) -> None:
-    """Write ``config`` to ``path`` with mode 0600, replacing the file at once (never half-written)."""
+    """Write ``config`` to ``path`` with mode 0600, replacing the file at once (never half-written).
+
+    A symbolic link is written through (the file it points at is replaced, the link kept,
+    as for a dotfile kept in a repository); anything but a regular file there is refused
+    rather than replaced (``THREEPORT_CONFIG=/dev/null`` must not turn /dev/null into a file).
+    """
     text = yaml.safe_dump(config.as_dict(), sort_keys=False)
+    path = path.resolve()
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"cannot write the client config {path}: not a regular file")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
@@ -273,11 +281,20 @@ def _check_new_plane(name: str, api_url: str, token: str, ca_cert: Optional[Path
     """What ``config add`` is given, checked before anything is written (ConfigError naming the option)."""
     if not name.strip():
         raise ConfigError("the control plane's name must not be empty")
+    if not name.isprintable():
+        raise ConfigError(f"the control plane's name must not hold control characters, not {name!r}")
     url = urlsplit(api_url)
+    try:
+        url.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ConfigError(f"--api-url has a port that is not a number from 1 to 65535: {api_url!r}") from None
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"--api-url must be an http:// or https:// URL with a host, not {api_url!r}")
-    if not token or any(c.isspace() or not c.isprintable() for c in token):
-        raise ConfigError("--token must be a non-empty token without spaces or control characters")
+    if url.username is not None or url.password is not None:
+        raise ConfigError("--api-url must not carry a user or password (the token authenticates)")
+    problem = token_problem(token)
+    if problem:
+        raise ConfigError(f"--token {problem}")
     if ca_cert is not None:
         if not ca_cert.is_file():
             raise ConfigError(f"--ca-cert {ca_cert}: no such file")

@@ -30,6 +30,8 @@ discarded on check-in.
 
 from __future__ import annotations
 
+import urllib.parse
+
 import peewee
 import psycopg2.extensions
 from playhouse.cockroachdb import PooledCockroachDatabase
@@ -38,7 +40,7 @@ from psycopg2.extensions import ISOLATION_LEVEL_SERIALIZABLE
 
 from .errors import ConfigurationError
 
-__all__ = ["db", "bind", "database_from_url", "PreparingConnection"]
+__all__ = ["db", "bind", "database_from_url", "redact_url", "redact_message", "PreparingConnection"]
 
 
 class PreparingConnection(psycopg2.extensions.connection):
@@ -115,3 +117,12 @@ def redact_url(url: str) -> str:
     if not at or ":" not in credentials:
         return url
     return f"{scheme}{separator}{credentials.split(':', 1)[0]}:***@{location}"
+
+
+def redact_message(message: str, url: str) -> str:
+    """A driver's message about ``url`` with the URL's password hidden (libpq quotes a bad URL whole)."""
+    credentials, at, _ = url.partition("://")[2].rpartition("@")
+    password = credentials.partition(":")[2] if at else ""
+    for secret in {password, urllib.parse.unquote(password)} - {""}:
+        message = message.replace(secret, "***")
+    return message

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -209,6 +210,11 @@ class ApiClient:
         verbose: bool = False,
         trace: Optional[Callable[[str], None]] = None,
     ) -> None:
+        problem = token_problem(token)
+        if problem:
+            raise ClientError(f"the API token {problem}; check THREEPORT_API_TOKEN or the client config")
+        if urlsplit(api_url).password is not None or "@" in urlsplit(api_url).netloc:
+            raise ClientError("the API URL must not carry a user or password (the token authenticates)")
         self.api_url = api_url.rstrip("/")
         self.verbose = verbose
         #: Where ``verbose`` writes one line per request (standard error by default).
@@ -338,6 +344,15 @@ class ApiClient:
         if self.verbose:
             elapsed = (time.monotonic() - started) * 1000
             self.trace(f"{request.method} {request.url} -> {outcome} ({elapsed:.0f} ms)")
+
+
+def token_problem(token: str) -> Optional[str]:
+    """What makes ``token`` unfit for an ``Authorization`` header, or None (the token is never quoted)."""
+    if not token:
+        return "is empty"
+    if not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
+        return "has spaces, control or non-ASCII characters"
+    return None
 
 
 def _tls_context(ca_cert: Optional[str]) -> ssl.SSLContext:

@@ -76,6 +76,28 @@ def test_a_rewrite_keeps_the_file_private_even_if_it_was_opened_up(cli, config_f
     assert mode_of(config_file) == 0o600
 
 
+def test_a_config_behind_a_link_is_written_through_it_and_a_device_is_never_replaced(cli, config_file, tmp_path):
+    # Given a config file kept elsewhere (a dotfiles repository) and linked to where the client looks
+    kept = tmp_path / "dotfiles" / "threeport.yaml"
+    kept.parent.mkdir()
+    config_file.parent.mkdir()
+    config_file.symlink_to(kept)
+
+    # When I add a control plane, then the file the link points at is written and the link stays a link
+    assert cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN).exit_code == 0
+    assert config_file.is_symlink() and load(kept).current == "prod"
+
+    # Given the config pointing at a device
+    config_file.unlink()
+    config_file.symlink_to("/dev/null")
+
+    # When I add a control plane, then one line says it is no file to write, and the device is left alone
+    result = cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: cannot write the client config /dev/null: not a regular file"
+    assert config_file.is_symlink() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
 def test_use_switches_and_list_marks_the_current_one(cli, config_file):
     # Given two control planes, prod current
     cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
@@ -139,6 +161,37 @@ def test_the_environment_overrides_the_current_entry(cli, config_file):
     assert (plane.api_url, plane.token) == ("http://10.0.0.1:1323", "from-env-token")
 
 
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        (
+            {"THREEPORT_API_TOKEN": "secret-token\r\nX-Other: 1"},
+            "error: the API token has spaces, control or non-ASCII characters;"
+            " check THREEPORT_API_TOKEN or the client config",
+        ),
+        (
+            {"THREEPORT_API_TOKEN": "sécret-token"},
+            "error: the API token has spaces, control or non-ASCII characters;"
+            " check THREEPORT_API_TOKEN or the client config",
+        ),
+        (
+            {"THREEPORT_API_URL": "http://me:secret-token@127.0.0.1:1"},
+            "error: the API URL must not carry a user or password (the token authenticates)",
+        ),
+    ],
+    ids=["token-newline", "token-non-ascii", "url-password"],
+)
+def test_a_token_unfit_for_a_header_is_refused_without_showing_it(cli, config_file, env, error):
+    # Given a control plane, and a token or URL from the environment that no request could carry
+    cli("config", "add", "prod", "--api-url", "http://127.0.0.1:1", "--token", TOKEN)
+
+    # When I use a verb that talks to the API, then one line says what is wrong, without the secret
+    result = cli("get", "workload-definitions", env=env)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [error]
+    assert "secret-token" not in result.output
+
+
 def test_without_a_control_plane_client_verbs_say_how_to_get_one(cli, config_file):
     # Given no config at all
     assert not config_file.exists()
@@ -185,11 +238,27 @@ def test_without_a_control_plane_client_verbs_say_how_to_get_one(cli, config_fil
         ),
         (
             ["config", "add", "x", "--api-url", "https://x", "--token", ""],
-            "error: --token must be a non-empty token without spaces or control characters",
+            "error: --token is empty",
         ),
         (
             ["config", "add", "x", "--api-url", "https://x", "--token", "two\nlines"],
-            "error: --token must be a non-empty token without spaces or control characters",
+            "error: --token has spaces, control or non-ASCII characters",
+        ),
+        (
+            ["config", "add", "x", "--api-url", "https://x", "--token", "tökén"],
+            "error: --token has spaces, control or non-ASCII characters",
+        ),
+        (
+            ["config", "add", "x", "--api-url", "https://me:pw@x", "--token", "t"],
+            "error: --api-url must not carry a user or password (the token authenticates)",
+        ),
+        (
+            ["config", "add", "x", "--api-url", "https://x:99999", "--token", "t"],
+            "error: --api-url has a port that is not a number from 1 to 65535: 'https://x:99999'",
+        ),
+        (
+            ["config", "add", "x\ny", "--api-url", "https://x", "--token", "t"],
+            "error: the control plane's name must not hold control characters, not 'x\\ny'",
         ),
     ],
     ids=[
@@ -203,6 +272,10 @@ def test_without_a_control_plane_client_verbs_say_how_to_get_one(cli, config_fil
         "url-no-host",
         "token-empty",
         "token-newline",
+        "token-non-ascii",
+        "url-userinfo",
+        "url-port",
+        "name-newline",
     ],
 )
 def test_mistakes_are_one_line_errors(cli, args, error):

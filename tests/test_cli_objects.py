@@ -340,6 +340,23 @@ def test_an_unknown_key_in_a_workload_is_an_error_naming_it(cli, tmp_path):
     assert ok(cli("get", "WorkloadDefinition")) == ["No WorkloadDefinition objects."]
 
 
+@pytest.mark.parametrize("path", ["/etc/hostname", "../secret.yaml", "apps/../../secret.yaml", "link.yaml"])
+def test_a_workload_reads_its_kubernetes_yaml_only_from_beside_its_manifest(cli, tmp_path, path):
+    # Given a file outside the manifest's directory, and a link beside the manifest pointing at it
+    (tmp_path / "secret.yaml").write_text("password: hunter2\n")
+    directory = tmp_path / "project"
+    directory.mkdir()
+    (directory / "link.yaml").symlink_to(tmp_path / "secret.yaml")
+    # And a Workload manifest whose yaml_document_path leads out of its directory
+    text = f"kind: Workload\nname: web\nyaml_document_path: {path}\n"
+
+    # When I apply it, then one line says the path is outside the manifest's directory and nothing is written
+    result = cli("apply", "-f", manifest(directory, text))
+    assert result.exit_code == 1
+    assert f"yaml_document_path {path!r} is outside the manifest's directory" in result.stderr
+    assert ok(cli("get", "WorkloadDefinition")) == ["No WorkloadDefinition objects."]
+
+
 def test_a_reference_to_an_unknown_name_is_an_error_and_nothing_is_written(cli, tmp_path):
     # Given a file whose second document references a definition no one declared
     text = definition_manifest("web") + "---\n"
@@ -551,6 +568,31 @@ def test_documents_that_reference_each_other_in_a_cycle_are_refused():
     # When they are planned, then the error names both documents
     with pytest.raises(ManifestError, match=r"cycle: f.yaml, document 1 \(Left/a\); f.yaml, document 2 \(Right/b\)"):
         plan(documents, catalog)
+
+
+def test_a_long_chain_of_references_is_planned_referenced_first():
+    # Given a kind whose objects reference one another, and 5,000 documents each referencing the next one
+    fields = {
+        "name": Field(name="name", writable=True, required=True, secret=False, references=None),
+        "next_id": Field(name="next_id", writable=True, required=False, secret=False, references="Node"),
+    }
+    node = Kind(
+        kind="Node", plural="nodes", path="/v0/nodes", summary="", reconciled=True, writable=True, fields=fields
+    )
+    count = 5000
+    documents = [
+        Document(
+            {"kind": "Node", "name": f"n{i}", **({"next": f"n{i + 1}"} if i + 1 < count else {})}, f"d{i}", Path(".")
+        )
+        for i in range(count)
+    ]
+    # And two documents that reference nothing in the file, before and after the chain
+    documents.insert(0, Document({"kind": "Node", "name": "first"}, "first", Path(".")))
+    documents.append(Document({"kind": "Node", "name": "last", "next": "elsewhere"}, "last", Path(".")))
+
+    # When they are planned, then the chain comes last-to-first and the others keep their file order
+    names = [m.name for m in plan(documents, Catalog([node]))]
+    assert names == ["first", *[f"n{i}" for i in reversed(range(count))], "last"]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import peewee
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from models import (
     MigrationError,
     Outbox,
@@ -125,3 +127,24 @@ def test_a_migration_step_may_be_a_function(fresh):
     assert migrate(fresh, migrations=(*MIGRATIONS, seeded))[-1] == "9000_seed"
     assert "id" in columns(fresh, "seeded")
     assert applied_migrations(fresh)[-1] == "9000_seed"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://admin:s3cret-pw@127.0.0.1:1/threeport", "Connection refused"),
+        ("postgresql://admin:s3cret-pw@[::1/threeport", "invalid dsn"),
+        ("postgresql://admin:s3cret-pw@127.0.0.1:1/threeport?sslmode=bogus", 'invalid sslmode value: "bogus"'),
+    ],
+    ids=["unreachable", "malformed", "bad-option"],
+)
+def test_threeport_migrate_says_why_it_cannot_connect_without_the_password(url, reason):
+    # When I migrate a database that cannot be reached or a URL the driver refuses
+    result = CliRunner().invoke(app, ["migrate", "--database-url", url], env={"COLUMNS": "400"})
+
+    # Then one error line names the database and the driver's reason, and the password appears nowhere
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot connect to postgresql://admin:***@"), lines
+    assert reason in lines[0]
+    assert "s3cret-pw" not in result.output
