@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import heapq
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,9 @@ def _documents(text: str, *, label: str, base_dir: Path) -> list[Document]:
         source = f"{label}, document {index}"
         if not isinstance(body, dict):
             raise ManifestError(f"{source}: expected a mapping with 'kind' and fields, not {type(body).__name__}")
+        problem = _json_problem(body)
+        if problem:
+            raise ManifestError(f"{source}: {problem}")
         documents.append(Document(body, source, base_dir))
     return documents
 
@@ -116,16 +120,89 @@ def _parse(text: str, *, label: str) -> list[Any]:
     """The documents of a YAML stream or a JSON text (an object, or a list of objects)."""
     if text.lstrip().startswith(("{", "[")):
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_json_object)
             return data if isinstance(data, list) else [data]
+        except DuplicateKey as exc:
+            raise ManifestError(f"{label}: invalid JSON: {exc}") from None
+        except RecursionError:
+            raise ManifestError(f"{label}: nested too deeply to read") from None
         except ValueError:
             pass  # YAML in flow style, perhaps
     try:
-        loaded = [d for d in yaml.safe_load_all(text) if d is not None]
+        loaded = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as exc:
         raise ManifestError(f"{label}: invalid YAML: {' '.join(str(exc).split())}") from exc
+    except RecursionError:
+        raise ManifestError(f"{label}: nested too deeply to read") from None
     # A document that is a list holds several objects (as a JSON array would).
     return [item for d in loaded for item in (d if isinstance(d, list) else [d])]
+
+
+class DuplicateKey(ValueError):
+    """A mapping that gives one key twice (YAML and JSON readers would silently keep the last)."""
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise DuplicateKey(f"the key {key!r} is given twice in one object")
+        mapping[key] = value
+    return mapping
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives one key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"the key {key!r} is given twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+#: How deeply a document may nest mappings and lists (Kubernetes YAML stays far below).
+MAX_DEPTH = 64
+
+
+def _json_problem(value: Any, where: str = "", depth: int = 0, within: tuple[int, ...] = ()) -> Optional[str]:
+    """What in ``value`` JSON cannot carry to the API (a date, bytes, a set, NaN, a loop, a key that is no text).
+
+    ``where`` is the path to ``value`` in the document (``spec.ports[0]``), empty for the document itself.
+    """
+    shown = (f"'{where[:60]}…'" if len(where) > 60 else f"'{where}'") if where else "the document"
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return (
+            None if math.isfinite(value) else f"{shown} is {value}, which JSON cannot carry; quote it to keep it text"
+        )
+    if depth >= MAX_DEPTH:
+        return f"{shown} is nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, (dict, list)):
+        if id(value) in within:
+            return f"{shown} contains itself (a YAML alias of an enclosing node)"
+        within = (*within, id(value))
+        if isinstance(value, list):
+            items = ((f"{where}[{i}]", item) for i, item in enumerate(value))
+        else:
+            for key in value:
+                if not isinstance(key, str):
+                    return f"{shown} has the key {key!r}, which is no text; quote it"
+            items = ((f"{where}.{key}" if where else key, item) for key, item in value.items())
+        return next((p for w, item in items if (p := _json_problem(item, w, depth + 1, within))), None)
+    kinds = {"date": "a date", "datetime": "a timestamp", "bytes": "binary data", "set": "a set"}
+    what = kinds.get(type(value).__name__, f"a {type(value).__name__}")
+    return f"{shown} is {what} ({value}), which the API does not take; quote it to keep it text"
 
 
 # Planning ------------------------------------------------------------------------------

@@ -408,3 +408,48 @@ def test_a_manifest_with_no_documents_is_an_error_naming_it(tmp_path, text):
     empty.write_text(text)
     with pytest.raises(ManifestError, match=f"{empty}: no documents"):
         read_documents([str(empty)])
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("kind: K\nname: a\nstarts: 2024-01-01\n", "'starts' is a date (2024-01-01), which the API does not take"),
+        ("kind: K\nname: a\nat: 2001-12-14 21:59:43\n", "'at' is a timestamp (2001-12-14 21:59:43)"),
+        ("kind: K\nname: a\nblob: !!binary aGk=\n", "'blob' is binary data (b'hi')"),
+        ("kind: K\nname: a\ntags: !!set {x}\n", "'tags' is a set ({'x'})"),
+        ("kind: K\nname: a\nratio: .nan\n", "'ratio' is nan, which JSON cannot carry"),
+        ("kind: K\nname: a\nspec: {limit: .inf}\n", "'spec.limit' is inf, which JSON cannot carry"),
+        ("kind: K\nname: a\nloop: &l [1, *l]\n", "'loop[1]' contains itself"),
+        ("kind: K\nname: a\nlabels: {1: x}\n", "'labels' has the key 1, which is no text"),
+        ("kind: K\nname: a\n~: x\n", "the document has the key None, which is no text"),
+        ("kind: K\nname: a\nx: " + "[" * 70 + "]" * 70 + "\n", "is nested more than 64 levels deep"),
+        ("kind: K\nname: a\nx: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to read"),
+        ("kind: K\nname: a\nname: b\n", "invalid YAML: while reading a mapping"),
+        ('{"kind": "K", "name": "a", "name": "b"}', "invalid JSON: the key 'name' is given twice in one object"),
+    ],
+    ids=[
+        "date",
+        "timestamp",
+        "binary",
+        "set",
+        "nan",
+        "inf",
+        "alias-loop",
+        "int-key",
+        "null-key",
+        "deep",
+        "deeper",
+        "yaml-duplicate",
+        "json-duplicate",
+    ],
+)
+def test_a_manifest_value_json_cannot_carry_is_refused_before_anything_is_written(tmp_path, text, error):
+    # Given a file whose first document is fine and whose second holds what the API could not be sent
+    path = tmp_path / "app.yaml"
+    path.write_text("kind: K\nname: fine\n---\n" + text if not text.startswith("{") else text)
+
+    # When it is read (before any object is written), then one line names the document and the value
+    with pytest.raises(ManifestError) as raised:
+        read_documents([str(path)])
+    message = str(raised.value)
+    assert message.startswith(str(path)) and error in message and "\n" not in message.strip()
