@@ -146,8 +146,8 @@ def update(
     _check_object(model, {name: obj.__data__.get(name) for name in model.user_fields()} | changes, changes)
     spec_changed = not model.generation_fields().isdisjoint(changes)
     values = {**changes, "updated_at": utcnow(), "resource_version": obj.resource_version + 1}
-    if spec_changed:
-        values["generation"] = obj.generation + 1
+    if spec_changed:  # a generation no reconcile has seen: not reconciled until one has
+        values.update(generation=obj.generation + 1, reconciled=False)
     with _unique(model, changes.get("name")):
         _compare_and_set(obj, values)
     return Written(obj, _enqueued(obj) if spec_changed else [])
@@ -265,7 +265,12 @@ def request_reconcile(model: type[M], object_ids: Iterable[uuid.UUID | str]) -> 
     for obj in query:
         _compare_and_set(
             obj,
-            {"generation": obj.generation + 1, "resource_version": obj.resource_version + 1, "updated_at": utcnow()},
+            {
+                "generation": obj.generation + 1,
+                "resource_version": obj.resource_version + 1,
+                "updated_at": utcnow(),
+                "reconciled": False,
+            },
         )
         rows.extend(_enqueued(obj))
     return rows

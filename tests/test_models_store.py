@@ -183,15 +183,17 @@ def test_list_refuses_bad_filters_cursors_and_limits(database, options, message)
 
 
 def test_a_spec_change_bumps_generation_and_enqueues_it(database):
-    # Given an object at generation 1
+    # Given an object whose generation 1 reconciled
     obj = make()
+    store.write_status(WorkloadDefinition, obj.id, generation=1, status={"phase": "Reconciled"}, reconciled=True)
 
     # When its spec changes
-    written = store.update(WorkloadDefinition, obj.id, {"yaml_document": YAML + "---\n"}, if_match=1)
+    written = store.update(WorkloadDefinition, obj.id, {"yaml_document": YAML + "---\n"}, if_match=2)
 
-    # Then generation and resource_version are bumped, and an outbox row asks for generation 2
+    # Then generation and resource_version are bumped, it is no longer reconciled (generation 2 is not),
+    # and an outbox row asks for generation 2
     stored = store.get(WorkloadDefinition, obj.id)
-    assert (stored.generation, stored.resource_version) == (2, 2)
+    assert (stored.generation, stored.resource_version, stored.reconciled) == (2, 3, False)
     assert stored.updated_at > stored.created_at
     assert [row.generation for row in written.outbox] == [2]
     assert [row.generation for row in outbox_rows()] == [1, 2]
