@@ -111,7 +111,9 @@ def up(
             time.sleep(0.2)
             dead = [c for c in children if c.poll() is not None]
             if dead:
-                console.print(f"[red]'threeport {dead[0].args[3]}' exited with code {dead[0].returncode}[/]")
+                code = dead[0].returncode
+                how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+                console.print(f"[red]error:[/] 'threeport {dead[0].args[3]}' {how}; its output is above. Stopping…")
                 raise typer.Exit(1)
             gone = [(name, server) for name, server in servers if not server.running]
             if gone:
@@ -120,6 +122,13 @@ def up(
                 raise typer.Exit(1)
         console.print("Stopping…")
     console.print("Stopped.")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _nats(home: Path, port: int, running: ExitStack, servers: list) -> str:

@@ -187,3 +187,37 @@ def test_up_stops_everything_and_says_so_when_an_embedded_server_dies(home, clie
     assert f"the embedded {says} stopped" in output and str(home) in output
     time.sleep(0.5)
     assert not any(listening(p) for p in ports.values())
+
+
+def test_up_stops_everything_and_says_so_when_its_worker_is_killed(home, client_config):
+    # Given `threeport up` running
+    ports = {"nats": free_port(), "postgres": free_port(), "api": free_port()}
+    proc, api_url, token = start(home, ports, client_config)
+    try:
+        # When its worker process is killed
+        worker = next(
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and _is_worker_of(entry, proc.pid)
+        )
+        os.kill(worker, signal.SIGKILL)
+
+        # Then `up` names it and how it died, says where its output is, stops the rest and exits with 1
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert proc.returncode == 1
+    assert "error: 'threeport worker' was killed by SIGKILL; its output is above. Stopping…" in output
+    time.sleep(0.5)
+    assert not any(listening(p) for p in ports.values())
+
+
+def _is_worker_of(entry: Path, parent: int) -> bool:
+    """Whether /proc/<pid> is the `threeport worker` that `up` (``parent``) started."""
+    try:
+        stat = (entry / "stat").read_text()
+        arguments = (entry / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"worker" in arguments
