@@ -109,8 +109,19 @@ def apply(
         client = session.client
         manifests = plan(read_documents(files), client.catalog)
         ids = _ids_outside(client, manifests)
-        for manifest in manifests:
-            typer.echo(f"{manifest.label} {_apply_one(client, manifest, ids)}")
+        for done, manifest in enumerate(manifests):
+            try:
+                outcome = _apply_one(client, manifest, ids)
+            except ApiError as exc:
+                raise ClientError(f"{manifest.source}: {exc}{_not_applied(manifests[done + 1 :])}") from exc
+            typer.echo(f"{manifest.label} {outcome}")
+
+
+def _not_applied(rest: list[Manifest]) -> str:
+    """What an apply that stopped leaves out, for its error line."""
+    if not rest:
+        return ""
+    return f" (not applied: {rest[0].label}" + (f" and {len(rest) - 1} more)" if len(rest) > 1 else ")")
 
 
 def get(

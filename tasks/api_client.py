@@ -70,8 +70,9 @@ class ApiError(ClientError):
             problem = None
         if isinstance(problem, dict) and ("title" in problem or "detail" in problem):
             title = str(problem.get("title") or response.reason_phrase)
-            return cls(response.status_code, title, _one_line(str(problem.get("detail") or "")))
-        return cls(response.status_code, response.reason_phrase, _one_line(response.text)[:300])
+            title = title.removeprefix(f"{response.status_code} ")  # Falcon's own titles carry the code
+            return cls(response.status_code, title, _shortened(_one_line(str(problem.get("detail") or ""))))
+        return cls(response.status_code, response.reason_phrase, _shortened(_one_line(response.text)))
 
 
 class UnknownKind(ClientError):
@@ -372,6 +373,11 @@ def _initials(kind: str) -> str:
 def _key(name: str) -> str:
     """How kind names compare: case, dashes, underscores and spaces ignored."""
     return re.sub(r"[-_\s]", "", name).lower()
+
+
+def _shortened(text: str, limit: int = 500) -> str:
+    """``text``, cut at ``limit`` characters (a detail quoting a huge value must not flood the terminal)."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _one_line(text: str) -> str:

@@ -27,7 +27,7 @@ from cli.manifests import Document, ManifestError, plan
 from models import record_event
 from tasks import api_client
 from tasks.actor import declare_actors
-from tasks.api_client import UnknownKind
+from tasks.api_client import ApiClient, ApiError, UnknownKind
 from workers.locks import LockManager
 from workers.outbox_relay import publish_rows
 
@@ -381,12 +381,30 @@ def test_an_api_error_is_one_line_and_exit_code_1(cli, tmp_path):
     # When I apply it
     result = cli("apply", "-f", path)
 
-    # Then the API's problem is one line on stderr, without a traceback
+    # Then the API's problem is one line on stderr naming the document, and what was left unapplied
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        "error: 422 Invalid Object: field 'account_id' must be 12 digits, not '123'"
+        f"error: {path}, document 1 (AwsAccount/main): 422 Invalid Object: field 'account_id' must be 12 digits,"
+        " not '123' (not applied: KubernetesRuntimeDefinition/prod and 1 more)"
     ]
     assert "Traceback" not in result.output
+
+
+def test_an_api_error_quotes_a_huge_value_shortened_and_its_status_once(api_url):
+    # Given a name far longer than the API takes, and a method a route does not serve
+    client = ApiClient(api_url, TOKEN)
+
+    # When the API refuses them, then the detail is cut to a readable length and the status is said once
+    with pytest.raises(ApiError) as raised:
+        client.request(
+            "POST",
+            "/v0/aws-accounts",
+            json={"name": "a", "account_id": "1" * 5000, "default_region": "us-east-1", "role_arn": "x"},
+        )
+    assert raised.value.status == 422 and len(str(raised.value)) < 600 and str(raised.value).endswith("characters)")
+    with pytest.raises(ApiError) as raised:
+        client.request("PUT", "/v0/workload-definitions")
+    assert str(raised.value).startswith("405 Method Not Allowed")
 
 
 def test_wait_for_reconciled_then_delete_wait(cli, tmp_path, reconciling):
