@@ -41,7 +41,7 @@ def serve(
     port: int = typer.Option(DEFAULT_PORT, envvar="THREEPORT_API_PORT", min=1, max=65535, help="Port to listen on."),
     workers: int = typer.Option(2, envvar="THREEPORT_API_WORKERS", min=1, help="gunicorn worker processes."),
     threads: int = typer.Option(8, envvar="THREEPORT_API_THREADS", min=1, help="Threads per worker process."),
-    graceful_timeout: int = typer.Option(20, help="Seconds to finish requests on SIGTERM."),
+    graceful_timeout: int = typer.Option(20, min=0, help="Seconds to finish requests on SIGTERM."),
     linger: float = typer.Option(
         DEFAULT_LINGER,
         envvar=LINGER_ENV,

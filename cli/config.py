@@ -283,7 +283,10 @@ def _check_new_plane(name: str, api_url: str, token: str, ca_cert: Optional[Path
         raise ConfigError("the control plane's name must not be empty")
     if not name.isprintable():
         raise ConfigError(f"the control plane's name must not hold control characters, not {name!r}")
-    url = urlsplit(api_url)
+    try:
+        url = urlsplit(api_url)
+    except ValueError as exc:  # an unclosed IPv6 bracket
+        raise ConfigError(f"--api-url {api_url!r} is not a URL: {exc}") from None
     try:
         url.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
     except ValueError:
@@ -296,6 +299,8 @@ def _check_new_plane(name: str, api_url: str, token: str, ca_cert: Optional[Path
     if problem:
         raise ConfigError(f"--token {problem}")
     if ca_cert is not None:
+        if ca_cert.is_dir():
+            raise ConfigError(f"--ca-cert {ca_cert}: a directory; give the PEM file of the CA certificate")
         if not ca_cert.is_file():
             raise ConfigError(f"--ca-cert {ca_cert}: no such file")
         try:

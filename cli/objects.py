@@ -189,6 +189,8 @@ def delete(
         raise typer.BadParameter("give either -f FILE or KIND NAME")
     if kind and not name:
         raise typer.BadParameter("give the NAME of the object to delete")
+    if not wait_ and getattr(ctx.get_parameter_source("timeout"), "name", None) == "COMMANDLINE":
+        raise typer.BadParameter("--timeout bounds --wait: give --wait too, or leave --timeout out")
     session = _session(ctx, verbose)
     deadline = time.monotonic() + timeout
     with reported_errors():

@@ -214,7 +214,11 @@ class ApiClient:
         problem = token_problem(token)
         if problem:
             raise ClientError(f"the API token {problem}; check THREEPORT_API_TOKEN or the client config")
-        if urlsplit(api_url).password is not None or "@" in urlsplit(api_url).netloc:
+        try:
+            url = urlsplit(api_url)
+        except ValueError as exc:  # an unclosed IPv6 bracket
+            raise ClientError(f"invalid API URL {api_url!r}: {exc}") from None
+        if url.password is not None or "@" in url.netloc:
             raise ClientError("the API URL must not carry a user or password (the token authenticates)")
         self.api_url = api_url.rstrip("/")
         self.verbose = verbose
@@ -255,8 +259,8 @@ class ApiClient:
             headers = {**(headers or {}), **tracing.carrier()}
             try:
                 request = self._http.build_request(method, path, params=params, json=json, headers=headers)
-            except httpx.InvalidURL as exc:
-                raise ClientError(f"invalid API URL {self.api_url}{path}: {exc}") from exc
+            except (httpx.InvalidURL, ValueError) as exc:  # ValueError: a host IDNA cannot encode (xn--a.com)
+                raise ClientError(f"invalid API URL {self.api_url}{path}: {_one_line(str(exc))}") from exc
             try:
                 response = self._http.send(request)
             except httpx.HTTPError as exc:

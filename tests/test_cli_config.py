@@ -178,8 +178,13 @@ def test_the_environment_overrides_the_current_entry(cli, config_file):
             {"THREEPORT_API_URL": "http://me:secret-token@127.0.0.1:1"},
             "error: the API URL must not carry a user or password (the token authenticates)",
         ),
+        ({"THREEPORT_API_URL": "http://[::1"}, "error: invalid API URL 'http://[::1': Invalid IPv6 URL"),
+        (
+            {"THREEPORT_API_URL": "http://xn--a.com"},
+            "error: invalid API URL http://xn--a.com/v0/kinds: Codepoint U+0080 at position 1 of '\\x80' not allowed",
+        ),
     ],
-    ids=["token-newline", "token-non-ascii", "url-password"],
+    ids=["token-newline", "token-non-ascii", "url-password", "url-bracket", "url-idna"],
 )
 def test_a_token_unfit_for_a_header_is_refused_without_showing_it(cli, config_file, env, error):
     # Given a control plane, and a token or URL from the environment that no request could carry
@@ -257,6 +262,14 @@ def test_without_a_control_plane_client_verbs_say_how_to_get_one(cli, config_fil
             "error: --api-url has a port that is not a number from 1 to 65535: 'https://x:99999'",
         ),
         (
+            ["config", "add", "x", "--api-url", "http://[::1", "--token", "t"],
+            "error: --api-url 'http://[::1' is not a URL: Invalid IPv6 URL",
+        ),
+        (
+            ["config", "add", "x", "--api-url", "https://x", "--token", "t", "--ca-cert", "/"],
+            "error: --ca-cert /: a directory; give the PEM file of the CA certificate",
+        ),
+        (
             ["config", "add", "x\ny", "--api-url", "https://x", "--token", "t"],
             "error: the control plane's name must not hold control characters, not 'x\\ny'",
         ),
@@ -275,6 +288,8 @@ def test_without_a_control_plane_client_verbs_say_how_to_get_one(cli, config_fil
         "token-non-ascii",
         "url-userinfo",
         "url-port",
+        "url-bracket",
+        "ca-directory",
         "name-newline",
     ],
 )
@@ -392,6 +407,8 @@ def test_a_worker_queue_no_kind_uses_is_a_usage_error_naming_the_queues():
         ("wait", "WorkloadInstance", "web", "--timeout", "-1"),
         ("delete", "WorkloadInstance", "web", "--wait", "--timeout", "inf"),
         ("events", "-n", "99999999999999999999999"),
+        ("delete", "WorkloadInstance", "web", "--timeout", "5"),
+        ("api", "--graceful-timeout", "-5"),
     ],
 )
 def test_a_timeout_or_count_no_wait_could_honour_is_a_usage_error(args):
