@@ -236,8 +236,12 @@ def use(name: str = typer.Argument(..., help="The control plane to talk to from 
 def remove(name: str = typer.Argument(..., help="The control plane to forget.")) -> None:
     """Forget a control plane (and its token)."""
     with reported_errors(), _editing() as config:
+        was_current = config.current == name
         config.remove(name)
     typer.echo(f"Control plane {name!r} removed.")
+    if was_current and config.control_planes:
+        others = ", ".join(sorted(config.control_planes))
+        typer.echo(f"No control plane is current now: `threeport config use NAME` picks one ({others}).")
 
 
 @app.command("list")

@@ -118,6 +118,7 @@ def _documents(text: str, *, label: str, base_dir: Path) -> list[Document]:
 
 def _parse(text: str, *, label: str) -> list[Any]:
     """The documents of a YAML stream or a JSON text (an object, or a list of objects)."""
+    json_error = None
     if text.lstrip().startswith(("{", "[")):
         try:
             data = json.loads(text, object_pairs_hook=_json_object)
@@ -126,11 +127,13 @@ def _parse(text: str, *, label: str) -> list[Any]:
             raise ManifestError(f"{label}: invalid JSON: {exc}") from None
         except RecursionError:
             raise ManifestError(f"{label}: nested too deeply to read") from None
-        except ValueError:
-            pass  # YAML in flow style, perhaps
+        except ValueError as exc:
+            json_error = exc  # YAML in flow style, perhaps
     try:
         loaded = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as exc:
+        if json_error is not None:  # it looked like JSON and is neither: JSON's reason is the one to read
+            raise ManifestError(f"{label}: invalid JSON: {json_error}") from exc
         raise ManifestError(f"{label}: invalid YAML: {' '.join(str(exc).split())}") from exc
     except RecursionError:
         raise ManifestError(f"{label}: nested too deeply to read") from None

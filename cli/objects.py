@@ -139,6 +139,13 @@ def get(
         found = client.kind(kind)
         filters = _filters(client, found, fields)
         if name is not None:
+            if "name" not in found.fields:
+                raise ClientError(
+                    f"{found.kind} objects have no name to get one by; choose with --field FIELD=VALUE "
+                    f"({', '.join(sorted(found.fields))})"
+                )
+            if filters.get("name", name) != name:
+                raise ClientError(f"the name is given twice: {name!r} and --field name={filters['name']}")
             filters["name"] = name
         items = list(client.list_objects(found, **filters))
         if name is not None and not items:  # as describe, and kubectl: naming what is not there is an error
@@ -545,9 +552,14 @@ def _filters(client: ApiClient, kind: Kind, given: list[str]) -> dict[str, str]:
         if not separator or not key:
             raise ClientError(f"--field wants FIELD=VALUE, not {item!r}")
         reference = kind.aliases.get(key)
+        if key not in kind.fields and reference is None:
+            known = ", ".join(sorted([*kind.fields, *kind.aliases]))
+            raise ClientError(f"--field {item!r}: {kind.kind} has no field {key!r} (fields: {known})")
         if reference is not None and not _is_uuid(value):
             target = _find(client, client.kind(reference.references), value)
             key, value = reference.name, target["id"]
+        if key in filters and filters[key] != value:
+            raise ClientError(f"--field {item!r}: {key!r} is already chosen as {filters[key]!r}")
         filters[key] = value
     return filters
 

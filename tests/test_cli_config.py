@@ -139,6 +139,18 @@ def test_remove_forgets_a_control_plane_and_unsets_current(cli, config_file):
     assert TOKEN not in config_file.read_text()
     assert load(config_file) == ClientConfig()
 
+    # Given two control planes, prod current
+    cli("config", "add", "prod", "--api-url", "https://tp.example.com", "--token", TOKEN)
+    cli("config", "add", "dev", "--api-url", "http://127.0.0.1:1323", "--token", "t2")
+
+    # When I remove the current one, then I am told how to pick another
+    result = cli("config", "remove", "prod")
+    assert result.stdout.splitlines() == [
+        "Control plane 'prod' removed.",
+        "No control plane is current now: `threeport config use NAME` picks one (dev).",
+    ]
+    assert load(config_file).current is None
+
 
 def test_the_environment_overrides_the_current_entry(cli, config_file):
     # Given a current control plane
@@ -443,6 +455,7 @@ def test_a_manifest_with_no_documents_is_an_error_naming_it(tmp_path, text):
         ("kind: K\nname: a\nx: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to read"),
         ("kind: K\nname: a\nname: b\n", "invalid YAML: while reading a mapping"),
         ('{"kind": "K", "name": "a", "name": "b"}', "invalid JSON: the key 'name' is given twice in one object"),
+        ('{"kind": "K" "name": "a"}', "invalid JSON: Expecting ',' delimiter: line 1 column 14"),
     ],
     ids=[
         "date",
@@ -458,6 +471,7 @@ def test_a_manifest_with_no_documents_is_an_error_naming_it(tmp_path, text):
         "deeper",
         "yaml-duplicate",
         "json-duplicate",
+        "json-malformed",
     ],
 )
 def test_a_manifest_value_json_cannot_carry_is_refused_before_anything_is_written(tmp_path, text, error):

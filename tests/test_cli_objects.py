@@ -513,6 +513,15 @@ def test_get_follows_pagination_and_filters_by_field(cli, tmp_path, monkeypatch)
     assert by_reference.exit_code == 0 and "name: web" in by_reference.stdout
     assert cli("get", "WorkloadInstance", "--field", "workload_definition=app-1", "-o", "json").stdout.strip() == "[]"
 
+    # And a --field the kind does not have, or a name given twice, is an error rather than ignored
+    for args, error in [
+        (("--field", "limit=1"), "error: --field 'limit=1': WorkloadDefinition has no field 'limit' (fields: "),
+        (("app-3", "--field", "name=app-4"), "error: the name is given twice: 'app-3' and --field name=app-4"),
+        (("--field", "name=a", "--field", "name=b"), "error: --field 'name=b': 'name' is already chosen as 'a'"),
+    ]:
+        result = cli("get", "WorkloadDefinition", *args)
+        assert result.exit_code == 1 and result.stderr.startswith(error), result.output
+
 
 def test_get_of_a_name_that_is_not_there_is_an_error_as_describe_is(cli, tmp_path):
     # Given one definition, and a stack with an instance of another
@@ -527,6 +536,13 @@ def test_get_of_a_name_that_is_not_there_is_an_error_as_describe_is(cli, tmp_pat
         result = cli("get", "WorkloadDefinition", "ap", "-o", output)
         assert (result.exit_code, result.stdout) == (1, ""), result.output
         assert result.stderr.strip().splitlines() == ["error: no WorkloadDefinition named 'ap'"]
+
+    # And a kind without names says so, and how to choose instead
+    result = cli("get", "Event", "ap")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "error: Event objects have no name to get one by; choose with --field FIELD=VALUE ("
+    )
 
     # And a name a --field rules out says which
     result = cli("get", "WorkloadInstance", "web", "--field", "workload_definition=app")
