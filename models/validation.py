@@ -161,3 +161,5 @@ def _check_name(name: str) -> None:
         raise InvalidObject("field 'name' cannot be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidObject(f"field 'name' is longer than {MAX_NAME_LENGTH} characters")
+    if not name.isprintable():  # a newline or escape in a name garbles every table and log line showing it
+        raise InvalidObject(f"field 'name' must not hold control characters, not {name!r}")

@@ -97,6 +97,8 @@ def test_a_duplicate_name_is_a_conflict(database):
         ({"name": "web", "yaml_document": None}, "'yaml_document' cannot be null"),
         ({"name": " ", "yaml_document": YAML}, "'name' cannot be empty"),
         ({"name": "x" * 254, "yaml_document": YAML}, "longer than 253"),
+        ({"name": "web\nFAILED", "yaml_document": YAML}, "'name' must not hold control characters"),
+        ({"name": "web\x1b[31m", "yaml_document": YAML}, "'name' must not hold control characters"),
     ],
 )
 def test_bad_fields_are_refused_by_name(database, fields, message):
