@@ -278,16 +278,26 @@ class ApiClient:
 
     def version(self) -> dict[str, Any]:
         """``/version``: the server's version and the API versions it serves."""
-        return self.get_json("/version")
+        answer = self.get_json("/version")
+        if not (isinstance(answer, dict) and isinstance(answer.get("api_versions"), list)):
+            raise self._not_threeport("/version", answer)
+        return answer
 
     # Kinds -------------------------------------------------------------------------------
     @property
     def catalog(self) -> Catalog:
         """The kinds the API serves (asked once per client)."""
         if self._catalog is None:
-            items = self.get_json("/v0/kinds").get("items", [])
-            self._catalog = Catalog([Kind.from_json(item) for item in items])
+            answer = self.get_json("/v0/kinds")
+            try:
+                self._catalog = Catalog([Kind.from_json(item) for item in answer["items"]])
+            except (KeyError, TypeError, AttributeError):  # another server's JSON, or none of ours
+                raise self._not_threeport("/v0/kinds", answer) from None
         return self._catalog
+
+    def _not_threeport(self, path: str, answer: Any) -> ClientError:
+        shown = _shortened(_one_line(repr(answer)), 120)
+        return ClientError(f"{self.api_url} does not answer as a Threeport API ({path} gave {shown})")
 
     def kind(self, name: str) -> Kind:
         """The kind ``name`` spells; :class:`UnknownKind` otherwise."""

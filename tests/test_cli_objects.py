@@ -685,3 +685,32 @@ def test_a_kind_is_found_by_its_initials_where_they_name_nothing_else():
     # And initials two kinds share find neither, naming both
     with pytest.raises(UnknownKind, match=r"'gd' names several kinds \(GatewayDefinition, GroupDirectory\)"):
         catalog.lookup("gd")
+
+
+@pytest.mark.parametrize(
+    ("answers", "args", "error"),
+    [
+        ({"/version": ["hello"]}, ("version",), "/version gave ['hello']"),
+        ({"/version": {"version": "2"}}, ("version",), "/version gave {'version': '2'}"),
+        ({"/v0/kinds": {"items": [{"x": 1}]}}, ("get", "wd"), "/v0/kinds gave {'items': [{'x': 1}]}"),
+        ({"/v0/kinds": {"kinds": []}}, ("get", "wd"), "/v0/kinds gave {'kinds': []}"),
+    ],
+    ids=["version-list", "version-other", "kinds-items", "kinds-missing"],
+)
+def test_a_server_that_is_not_threeport_is_named_as_such(tmp_path, monkeypatch, answers, args, error):
+    # Given a JSON server of another kind where the client config points
+    def other_server(environ, start_response):
+        body = json.dumps(answers.get(environ["PATH_INFO"], {})).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    with served(other_server) as url:
+        monkeypatch.setenv("THREEPORT_CONFIG", str(tmp_path / "none.yaml"))
+        env = {"THREEPORT_API_URL": url, "THREEPORT_API_TOKEN": TOKEN, "COLUMNS": "200"}
+
+        # When I use the client against it
+        result = CliRunner().invoke(app, list(args), env=env)
+
+    # Then one line says it does not answer as Threeport, and the exit code is 1
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (f"error: {url} does not answer as a Threeport API ({error})")
