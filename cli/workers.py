@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workers import connection as nats_connection
-from workers.connection import Connection
+from workers.connection import Connection, server_urls
 from workers.errors import WorkersError
 from workers.heartbeats import WorkerInfo, live_workers
 
@@ -42,7 +42,7 @@ def list_workers(
     output: Output = typer.Option(Output.table, "--output", "-o", help="Print a table, or JSON for scripts."),
 ) -> None:
     """Show the live worker processes: host, pid, queues, messages in flight, last heartbeat."""
-    connection = Connection([u.strip() for u in nats_url.split(",")], connect_timeout=CONNECT_TIMEOUT)
+    connection = Connection(server_urls(nats_url), connect_timeout=CONNECT_TIMEOUT)
     # The connection's warnings while it retries are for long-running workers; here one line says it all.
     quiet = logging.getLogger(nats_connection.__name__)
     level = quiet.level

@@ -265,12 +265,8 @@ def request_reconcile(model: type[M], object_ids: Iterable[uuid.UUID | str]) -> 
     for obj in query:
         _compare_and_set(
             obj,
-            {
-                "generation": obj.generation + 1,
-                "resource_version": obj.resource_version + 1,
-                "updated_at": utcnow(),
-                "reconciled": False,
-            },
+            # reconciled stays: what depends on the object need not wait for a refresh
+            {"generation": obj.generation + 1, "resource_version": obj.resource_version + 1, "updated_at": utcnow()},
         )
         rows.extend(_enqueued(obj))
     return rows

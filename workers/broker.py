@@ -35,7 +35,7 @@ from dramatiq.message import Message, get_encoder
 from dramatiq.middleware import Middleware
 from nats.js import api
 
-from .connection import Connection, translate_error
+from .connection import Connection, server_urls, translate_error
 from .consumer import ETA_HEADER, JetStreamConsumer, JetStreamMessage
 from .naming import DURABLE, Names, validate_queue_name
 from .replicas import STREAM_NAME_IN_USE, raise_replicas
@@ -128,7 +128,7 @@ class JetStreamBroker(Broker):
             raise ValueError("ack_wait must be at least 1 second")
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
-        server_list = list(servers) if servers else [u.strip() for u in (url or "nats://127.0.0.1:4222").split(",")]
+        server_list = list(servers) if servers else server_urls(url)
         self.names = Names(prefix)
         self.connection = Connection(
             server_list, name=name, connect_timeout=connect_timeout, request_timeout=publish_timeout

@@ -27,7 +27,16 @@ from .errors import JetStreamError
 
 T = TypeVar("T")
 
-__all__ = ["Connection", "translate_error"]
+__all__ = ["Connection", "server_urls", "translate_error"]
+
+#: Where NATS is when nothing says otherwise.
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def server_urls(url: Optional[str]) -> list[str]:
+    """The servers of a ``NATS_URL``: comma-separated, blanks left out (``a:4222,`` is one server)."""
+    return [u.strip() for u in (url or DEFAULT_URL).split(",") if u.strip()] or [DEFAULT_URL]
+
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +87,8 @@ class Connection:
         self._pid = os.getpid()
         self._opening: Optional[asyncio.Lock] = None
         self._closing = False
+        #: The latest error nats-py reported (for a failed first connection's message).
+        self._last_error: Optional[BaseException] = None
         self.direct = DirectRequests(self.servers, name=self.name, connect_timeout=connect_timeout)
 
     @property
@@ -111,6 +122,7 @@ class Connection:
         # The first connection tries each server twice and gives up (a caller
         # is waiting); once connected, the client reconnects forever.
         nc = NATS()
+        self._last_error = None
         try:
             await asyncio.wait_for(
                 nc.connect(
@@ -127,9 +139,13 @@ class Connection:
             )
         except BaseException as exc:
             await _close_quietly(nc)
-            raise ConnectionFailed(
-                f"cannot connect to NATS at {', '.join(self.servers)} within {self.connect_timeout:.0f}s"
-            ) from (exc if isinstance(exc, Exception) else None)
+            where = f"cannot connect to NATS at {', '.join(self.servers)}"
+            if isinstance(exc, (asyncio.TimeoutError, nats.errors.TimeoutError)):
+                raise ConnectionFailed(f"{where} within {self.connect_timeout:.0f}s") from exc
+            if isinstance(exc, nats.errors.NoServersError) and self._last_error is not None:
+                exc = self._last_error  # why the servers were not available (refused, TLS, auth)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConnectionFailed(f"{where}: {reason}") from (exc if isinstance(exc, Exception) else None)
         nc.options["max_reconnect_attempts"] = -1
         return nc
 
@@ -146,6 +162,7 @@ class Connection:
             self._closing = False
 
     async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
         level = logging.WARNING if self._nc is not None and self._nc.is_connected else logging.DEBUG
         logger.log(level, "NATS connection error: %s", exc or type(exc).__name__)
 

@@ -33,7 +33,7 @@ import nats.js.errors
 from dramatiq.errors import BrokerError
 from nats.js import api
 
-from .connection import Connection
+from .connection import Connection, server_urls
 from .direct import Reply
 from .errors import InvalidName, JetStreamError, LockError, LockHeld, LockLost
 from .replicas import STREAM_NAME_IN_USE, raise_replicas
@@ -191,7 +191,7 @@ class LockManager:
         if not BUCKET.fullmatch(bucket):
             raise InvalidName(f"invalid bucket name {bucket!r}")
         if connection is None:
-            urls = list(servers) if servers else [u.strip() for u in (url or "nats://127.0.0.1:4222").split(",")]
+            urls = list(servers) if servers else server_urls(url)
             connection = Connection(urls, request_timeout=timeout)
         self.connection = connection
         self.bucket = bucket
