@@ -54,8 +54,19 @@ CONTROL_PLANE_NAME = "local"
 console = Console()
 
 
+def _home(home: Path) -> Path:
+    """``--home``: a directory, or where one may be made (an empty THREEPORT_HOME would be the current one)."""
+    if not str(home).strip() or str(home) == ".":
+        raise typer.BadParameter("give a directory of its own for the local data, such as .threeport")
+    if home.exists() and not home.is_dir():
+        raise typer.BadParameter(f"{home} is a file, not a directory")
+    return home
+
+
 def up(
-    home: Path = typer.Option(Path(".threeport"), envvar="THREEPORT_HOME", help="Where local data lives."),
+    home: Path = typer.Option(
+        Path(".threeport"), envvar="THREEPORT_HOME", callback=_home, help="Where local data lives."
+    ),
     nats_port: int = typer.Option(
         DEFAULT_NATS_PORT, envvar="THREEPORT_NATS_PORT", min=1, max=65535, help="Embedded NATS port."
     ),

@@ -42,6 +42,17 @@ def _known_queues(queues: Optional[list[str]]) -> Optional[list[str]]:
     return queues
 
 
+def _database_url(url: str) -> str:
+    """``--database-url``, once its scheme names a database the workers can use."""
+    from models.errors import ConfigurationError
+
+    try:
+        database_from_url(url).close_all()  # builds the pool only: nothing connects yet
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return url
+
+
 def run(
     processes: int = typer.Option(1, envvar="THREEPORT_WORKER_PROCESSES", min=1, help="Worker processes."),
     threads: int = typer.Option(8, envvar="THREEPORT_WORKER_THREADS", min=1, help="Threads per process."),
@@ -49,7 +60,10 @@ def run(
         None, "--queues", "-Q", callback=_known_queues, help="Queues to consume (default: all)."
     ),
     database_url: str = typer.Option(
-        "postgresql://postgres@127.0.0.1:5432/threeport", envvar="DATABASE_URL", help="The database."
+        "postgresql://postgres@127.0.0.1:5432/threeport",
+        envvar="DATABASE_URL",
+        callback=_database_url,
+        help="The database.",
     ),
     nats_url: str = typer.Option("nats://127.0.0.1:4222", envvar="NATS_URL", help="NATS server(s)."),
     prefix: str = typer.Option("threeport", envvar="THREEPORT_PREFIX", help="Namespace of streams."),

@@ -397,9 +397,17 @@ def test_an_error_no_command_foresaw_is_one_line_and_exit_1_not_a_traceback(tmp_
 
 @pytest.mark.parametrize(
     "args",
-    [("worker", "--processes", "0"), ("worker", "--metrics-port", "99999"), ("api", "--port", "99999")],
+    [
+        ("worker", "--processes", "0"),
+        ("worker", "--metrics-port", "99999"),
+        ("api", "--port", "99999"),
+        ("worker", "--database-url", "garbage"),
+        ("up", "--home", ""),
+        ("up", "--home", __file__),
+    ],
+    ids=["processes", "metrics-port", "api-port", "database-url", "home-empty", "home-file"],
 )
-def test_counts_and_ports_out_of_range_are_usage_errors(args):
+def test_counts_ports_urls_and_homes_no_command_could_use_are_usage_errors(args):
     result = run_threeport(*args, env={})
     assert result.returncode == 2
     assert "Invalid value" in result.stderr and "Traceback" not in result.stderr
