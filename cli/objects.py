@@ -28,6 +28,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from .client import DEFAULT_TIMEOUT as REQUEST_TIMEOUT
 from .client import ApiClient, ApiError, ClientError, Kind, reported_errors
 from .config import config_path, current_control_plane, load
 from .manifests import Manifest, ManifestError, plan, read_documents
@@ -361,10 +362,18 @@ def _wait_for(client: ApiClient, kind: Kind, obj: dict[str, Any], condition: Con
     label = _label(kind, obj)
     started = time.monotonic()
     with Console(stderr=True).status(Text(f"{label}: waiting to be {condition.value}")) as display:
+        current = obj
         while True:
-            current = client.get(kind, obj["id"])
-            if _reached(label, current, condition):
-                return
+            try:  # a request that hangs may not outlast the wait (at least a second, to be answered at all)
+                current = client.get(
+                    kind, obj["id"], timeout=max(1.0, min(REQUEST_TIMEOUT, deadline - time.monotonic()))
+                )
+            except ApiError as exc:
+                if exc.status is not None or time.monotonic() < deadline:
+                    raise
+            else:
+                if _reached(label, current, condition):
+                    return
             phase, message = _phase(current), _status(current).get("message") or ""
             if time.monotonic() >= deadline:
                 raise ClientError(

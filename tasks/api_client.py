@@ -247,8 +247,11 @@ class ApiClient:
         params: Optional[dict[str, Any]] = None,
         json: Any = None,
         headers: Optional[dict[str, str]] = None,
+        timeout: Optional[float] = None,
     ) -> httpx.Response:
         """Send one request; the answer when it is a success, :class:`ApiError` otherwise.
+
+        ``timeout`` bounds this request (seconds) instead of the client's own.
 
         While tracing is on, the request is a client span and carries its
         context (``traceparent``), so the API's spans join the caller's trace.
@@ -258,7 +261,14 @@ class ApiClient:
         with tracing.span(f"threeport API {method}", kind="client", attributes=attributes) as span:
             headers = {**(headers or {}), **tracing.carrier()}
             try:
-                request = self._http.build_request(method, path, params=params, json=json, headers=headers)
+                request = self._http.build_request(
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    headers=headers,
+                    **({"timeout": timeout} if timeout is not None else {}),
+                )
             except (httpx.InvalidURL, ValueError) as exc:  # ValueError: a host IDNA cannot encode (xn--a.com)
                 raise ClientError(f"invalid API URL {self.api_url}{path}: {_one_line(str(exc))}") from exc
             try:
@@ -273,8 +283,8 @@ class ApiClient:
             raise ApiError.from_response(response)
         return response
 
-    def get_json(self, path: str, **params: Any) -> Any:
-        return self._json(self.request("GET", path, params=params or None))
+    def get_json(self, path: str, *, timeout: Optional[float] = None, **params: Any) -> Any:
+        return self._json(self.request("GET", path, params=params or None, timeout=timeout))
 
     def version(self) -> dict[str, Any]:
         """``/version``: the server's version and the API versions it serves."""
@@ -324,10 +334,10 @@ class ApiClient:
         """The object of ``kind`` named ``name``, or None."""
         return next(iter(self.get_json(kind.path, name=name, limit=1).get("items", [])), None)
 
-    def get(self, kind: Kind, object_id: str) -> Optional[dict[str, Any]]:
+    def get(self, kind: Kind, object_id: str, *, timeout: Optional[float] = None) -> Optional[dict[str, Any]]:
         """The object of ``kind`` with ``object_id``, or None once it is gone."""
         try:
-            return self.get_json(f"{kind.path}/{object_id}")
+            return self.get_json(f"{kind.path}/{object_id}", timeout=timeout)
         except ApiError as exc:
             if exc.status == 404:
                 return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -714,3 +716,35 @@ def test_a_server_that_is_not_threeport_is_named_as_such(tmp_path, monkeypatch, 
     # Then one line says it does not answer as Threeport, and the exit code is 1
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == (f"error: {url} does not answer as a Threeport API ({error})")
+
+
+def test_wait_gives_up_at_its_timeout_even_when_the_api_stops_answering(tmp_path, monkeypatch):
+    # Given an API that lists an object but never answers a read of it (until released)
+    release = threading.Event()
+    kind = {"kind": "Thing", "plural": "things", "path": "/v0/things", "reconciled": True, "fields": []}
+    thing = {"id": "t1", "name": "web", "generation": 1, "observed_generation": 0, "status": {}}
+
+    def hanging_api(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/v0/things/t1":
+            release.wait(120)
+        answer = {"items": [kind]} if path == "/v0/kinds" else {"items": [thing]} if path == "/v0/things" else thing
+        body = json.dumps(answer).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    # (and a client whose requests wait 30 s for an answer otherwise)
+    monkeypatch.setenv("THREEPORT_CONFIG", str(tmp_path / "none.yaml"))
+    with served(hanging_api) as url:
+        env = {"THREEPORT_API_URL": url, "THREEPORT_API_TOKEN": TOKEN, "COLUMNS": "200"}
+
+        # When I wait two seconds for it
+        started = time.monotonic()
+        result = CliRunner().invoke(app, ["wait", "Thing", "web", "--for", "reconciled", "--timeout", "2"], env=env)
+        waited = time.monotonic() - started
+        release.set()
+
+    # Then the wait ends at its own timeout, not the request's, saying it timed out
+    assert result.exit_code == 1
+    assert "error: timed out after 2s waiting for Thing/web to be reconciled (phase Pending)" in result.stderr
+    assert waited < api_client.DEFAULT_TIMEOUT / 2
