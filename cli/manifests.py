@@ -245,7 +245,11 @@ def _manifests_of(document: Document, catalog: Catalog) -> list[Manifest]:
 def _manifest(kind: Kind, body: dict[str, Any], *, source: str, label: Optional[str] = None) -> Manifest:
     """``body`` (fields by API name, or references by name) checked against ``kind``."""
     name = body.get("name")
-    where = f"{source} ({label or f'{kind.kind}/{name}'})"
+    where = f"{source} ({label or (kind.kind if name is None else f'{kind.kind}/{name}')})"
+    if not kind.reconciled and kind.writable:  # a record a client writes, such as an ExtensionApiRoute
+        raise ManifestError(
+            f"{where}: {kind.kind} records have no name to apply them by; create them with POST {kind.path}"
+        )
     if not kind.reconciled:
         raise ManifestError(f"{where}: {kind.kind} objects are written by the control plane, not applied")
     name = _text(name, "name", where=where)
@@ -331,7 +335,7 @@ def _expand_workload(document: Document, catalog: Catalog) -> list[Manifest]:
     """A ``kind: Workload`` document as its WorkloadDefinition, WorkloadInstance and their parts."""
     body = document.body
     name = body.get("name")
-    where = f"{document.source} ({WORKLOAD}/{name})"
+    where = f"{document.source} ({WORKLOAD if name is None else f'{WORKLOAD}/{name}'})"
     unknown = [key for key in body if key not in WORKLOAD_KEYS]
     if unknown:
         raise ManifestError(

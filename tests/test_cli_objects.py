@@ -637,7 +637,7 @@ def test_a_long_chain_of_references_is_planned_referenced_first():
         ({"name": "a"}, "f.yaml, document 1: no 'kind'"),
         ({"kind": 5, "name": "a"}, "f.yaml, document 1: 'kind' must be a string, not int (5)"),
         ({"kind": " ", "name": "a"}, "f.yaml, document 1: 'kind' must not be empty"),
-        ({"kind": "Left"}, "f.yaml, document 1 (Left/None): no 'name'"),
+        ({"kind": "Left"}, "f.yaml, document 1 (Left): no 'name'"),
         ({"kind": "Left", "name": 123}, "f.yaml, document 1 (Left/123): 'name' must be a string, not int (123)"),
         ({"kind": "Left", "name": True}, "f.yaml, document 1 (Left/True): 'name' must be a string, not bool (True)"),
         ({"kind": "Left", "name": ""}, "f.yaml, document 1 (Left/): 'name' must not be empty"),
@@ -748,3 +748,20 @@ def test_wait_gives_up_at_its_timeout_even_when_the_api_stops_answering(tmp_path
     assert result.exit_code == 1
     assert "error: timed out after 2s waiting for Thing/web to be reconciled (phase Pending)" in result.stderr
     assert waited < api_client.DEFAULT_TIMEOUT / 2
+
+
+def test_records_are_not_applied_and_the_error_says_how_they_are_written(cli, tmp_path):
+    # Given a route record, which a client creates through the API, and an event, which only the control plane writes
+    route = "kind: ExtensionApiRoute\nextension: acmecorp.com\nprefix: /acmecorp.com/v1/\nupstream: http://acme:8080\n"
+    event = "kind: Event\nreason: Made\n"
+
+    # When I apply them, then each error says how such objects are written, and nothing is
+    result = cli("apply", "-f", manifest(tmp_path, route, "route.yaml"))
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(
+        "ExtensionApiRoute records have no name to apply them by; create them with POST /v0/extension-api-routes"
+    )
+    result = cli("apply", "-f", manifest(tmp_path, event, "event.yaml"))
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith("Event objects are written by the control plane, not applied")
+    assert ok(cli("get", "ExtensionApiRoute")) == ["No ExtensionApiRoute objects."]
