@@ -13,6 +13,8 @@ import sys
 
 import typer
 
+from workers import logs
+
 from . import api, config, migrate, objects, queues, up, worker, workers
 
 app = typer.Typer(
@@ -30,6 +32,10 @@ def root(
 ) -> None:
     """Threeport: a control plane for apps and their infrastructure."""
     ctx.meta[objects.VERBOSE] = verbose
+    problem = logs.env_problem()
+    if problem:  # found now, not as a traceback in a process it starts
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1)
 
 
 # The control plane's objects

@@ -492,3 +492,19 @@ def test_a_manifest_value_json_cannot_carry_is_refused_before_anything_is_writte
         read_documents([str(path)])
     message = str(raised.value)
     assert message.startswith(str(path)) and error in message and "\n" not in message.strip()
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"THREEPORT_LOG_LEVEL": "LOUD"}, "error: THREEPORT_LOG_LEVEL: unknown log level 'LOUD': use debug,"),
+        ({"THREEPORT_LOG_FORMAT": "xml"}, "error: THREEPORT_LOG_FORMAT: unknown log format 'xml': use one of json"),
+    ],
+    ids=["level", "format"],
+)
+def test_a_log_setting_no_process_could_use_is_one_line_before_anything_starts(env, error):
+    # (the API's gunicorn workers failed to boot, each with a traceback)
+    result = run_threeport("api", "--port", "1", env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(error)

@@ -111,6 +111,18 @@ def _is_terminal(stream: TextIO) -> bool:
     return bool(isatty and isatty())
 
 
+def env_problem(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """What is wrong with ``THREEPORT_LOG_LEVEL`` or ``THREEPORT_LOG_FORMAT``, or None (for a check at start-up)."""
+    try:
+        _level(environ.get(LEVEL_ENV) or "info")
+    except ValueError as exc:
+        return f"{LEVEL_ENV}: {exc}"
+    chosen = (environ.get(FORMAT_ENV) or "").lower()
+    if chosen and chosen not in FORMATS:
+        return f"{FORMAT_ENV}: unknown log format {chosen!r}: use one of {', '.join(FORMATS)}"
+    return None
+
+
 def _level(level: str | int) -> int:
     if isinstance(level, int):
         return level
