@@ -182,9 +182,9 @@ def _json_problem(value: Any, where: str = "", depth: int = 0, within: tuple[int
 
     ``where`` is the path to ``value`` in the document (``spec.ports[0]``), empty for the document itself.
     """
-    shown = (f"'{where[:60]}…'" if len(where) > 60 else f"'{where}'") if where else "the document"
     if value is None or isinstance(value, (str, bool, int)):
         return None
+    shown = (f"'{where[:60]}…'" if len(where) > 60 else f"'{where}'") if where else "the document"
     if isinstance(value, float):
         return (
             None if math.isfinite(value) else f"{shown} is {value}, which JSON cannot carry; quote it to keep it text"

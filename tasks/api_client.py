@@ -218,7 +218,7 @@ class ApiClient:
             url = urlsplit(api_url)
         except ValueError as exc:  # an unclosed IPv6 bracket
             raise ClientError(f"invalid API URL {api_url!r}: {exc}") from None
-        if url.password is not None or "@" in url.netloc:
+        if "@" in url.netloc:
             raise ClientError("the API URL must not carry a user or password (the token authenticates)")
         self.api_url = api_url.rstrip("/")
         self.verbose = verbose

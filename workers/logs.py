@@ -63,9 +63,7 @@ def configure(
     """
     global _handler
     stream = stream or sys.stderr
-    chosen = format or ("console" if _is_terminal(stream) else "json")
-    if chosen not in FORMATS:
-        raise ValueError(f"unknown log format {chosen!r}: use one of {', '.join(FORMATS)}")
+    chosen = _format(format or ("console" if _is_terminal(stream) else "json"))
     numeric_level = _level(level)
     structlog.configure(
         processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -117,10 +115,17 @@ def env_problem(environ: Mapping[str, str] = os.environ) -> Optional[str]:
         _level(environ.get(LEVEL_ENV) or "info")
     except ValueError as exc:
         return f"{LEVEL_ENV}: {exc}"
-    chosen = (environ.get(FORMAT_ENV) or "").lower()
-    if chosen and chosen not in FORMATS:
-        return f"{FORMAT_ENV}: unknown log format {chosen!r}: use one of {', '.join(FORMATS)}"
+    try:
+        _format((environ.get(FORMAT_ENV) or "json").lower())
+    except ValueError as exc:
+        return f"{FORMAT_ENV}: {exc}"
     return None
+
+
+def _format(name: str) -> str:
+    if name not in FORMATS:
+        raise ValueError(f"unknown log format {name!r}: use one of {', '.join(FORMATS)}")
+    return name
 
 
 def _level(level: str | int) -> int:
